@@ -1,0 +1,404 @@
+"""`scav-extract`: turn videos into a SCAV feature cache (thin typer layer over ``runner.run``).
+
+Heavy modules (torch, transformers, zarr) are imported inside the commands so
+``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help=(
+        "Extract frozen-encoder features (video per frame, audio per BEATs step) into a SCAV "
+        "feature cache (Zarr).\n\n"
+        "  scav-extract MANIFEST.csv --out features.zarr   (a CSV: clip_id,path,start,end,split,label,source)\n"
+        "  scav-extract vggsound --gpus 1                   (data/vggsound/{vggsound.csv,media/})\n"
+        "  scav-extract music --gpus 1                      (data/music/{MUSIC21_solo_videos.json,media/})\n"
+        "  scav-extract inspect features.zarr\n\n"
+        "Runs resume: clips already in the cache are skipped, so re-running a killed command finishes it. "
+        "Without --clip-weights/--beats-ckpt the parameter-free stand-in encoders (pixels, fbank) are used."
+    ),
+)
+
+DATA_ENV = "SCAV_DATA"
+
+
+def data_root() -> Path:
+    """Where dataset defaults live: $SCAV_DATA, else ./data."""
+    return Path(os.environ.get(DATA_ENV, "data"))
+
+
+# -- options shared by the extraction commands ----------------------------------
+Out = Annotated[Path, typer.Option("--out", "-o", help="Feature cache to create or extend (Zarr folder).")]
+VideoEnc = Annotated[
+    Optional[str],
+    typer.Option(help="pixels (stand-in) | clip-vit-b32. Default: clip-vit-b32 with --clip-weights, else pixels."),
+]
+AudioEnc = Annotated[
+    Optional[str],
+    typer.Option(help="fbank (stand-in) | beats-iter3-as2m. Default: beats-iter3-as2m with --beats-ckpt, else fbank."),
+]
+ClipWeights = Annotated[
+    Optional[Path], typer.Option(envvar="SCAV_CLIP_DIR", help="Local CLIP ViT-B/32 folder (transformers format).")
+]
+BeatsCkpt = Annotated[
+    Optional[Path], typer.Option(envvar="SCAV_BEATS_CKPT", help="Local BEATs iter3+ AS2M checkpoint (.pt).")
+]
+Gpus = Annotated[int, typer.Option(help="GPUs to use, one worker process each; 0 = one CPU worker.")]
+Scheduler = Annotated[
+    Optional[str],
+    typer.Option(help="Address of an existing dask.distributed scheduler: run shards as tasks on its workers "
+                      "(the cache path must be shared storage)."),
+]
+PartClips = Annotated[Optional[int], typer.Option(help="Clips per committed part (default 256).")]
+DecodeThreads = Annotated[int, typer.Option(help="Decoding threads per worker (decoding overlaps encoding).")]
+RetryFailed = Annotated[bool, typer.Option(help="Try again clips recorded as failures by an earlier run.")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")]
+
+
+def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | None, beats_ckpt: Path | None):
+    from .runner import EncoderSpec
+
+    video = video or ("clip-vit-b32" if clip_weights else "pixels")
+    audio = audio or ("beats-iter3-as2m" if beats_ckpt else "fbank")
+    return EncoderSpec(
+        video=video,
+        audio=audio,
+        video_weights=str(clip_weights) if clip_weights and video != "pixels" else None,
+        audio_weights=str(beats_ckpt) if beats_ckpt and audio != "fbank" else None,
+    )
+
+
+def _extract(cfg, as_json: bool) -> dict:
+    from rich.console import Console
+
+    from .runner import run
+
+    err = Console(stderr=True)
+    stand_ins = [n for n in (cfg.encoders.video, cfg.encoders.audio) if n in ("pixels", "fbank")]
+    if stand_ins:
+        err.print(
+            f"[yellow]Using stand-in encoder(s) {', '.join(stand_ins)}: parameter-free features for tests and "
+            "demos, not CLIP/BEATs. Pass --clip-weights / --beats-ckpt for the real encoders.[/yellow]"
+        )
+    summary = run(cfg)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_run_summary(summary)
+    return summary
+
+
+def print_run_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="scav-extract", show_header=False)
+    t.add_row("encoders", f"video={summary['encoders']['video']}  audio={summary['encoders']['audio']}")
+    t.add_row("clips requested", str(summary["requested"]))
+    t.add_row("already in cache (skipped)", str(summary["already_present"]))
+    t.add_row("extracted", str(summary["extracted"]))
+    by = ", ".join(f"{k}: {v}" for k, v in summary["failed_by_stage"].items())
+    t.add_row("failed", f"{summary['failed']}" + (f"  ({by})" if by else ""))
+    t.add_row("time", f"{summary['seconds']:.1f} s, {summary['clips_per_s']:.2f} clips/s")
+    cache = summary["cache"]
+    t.add_row("cache", f"{cache['path']}: {cache['clips']} clips, splits {cache['splits']}")
+    con.print(t)
+    if summary["failures"]:
+        _print_failures(con, summary["failures"])
+
+
+def _print_failures(con, failures: list[dict], limit: int = 50) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"failures ({len(failures)})")
+    for col in ("clip_id", "stage", "reason", "path"):
+        t.add_column(col, overflow="fold")
+    for f in failures[:limit]:
+        t.add_row(f["clip_id"], f["stage"], f["reason"], f["path"])
+    if len(failures) > limit:
+        t.add_row("...", "", f"{len(failures) - limit} more (scav-extract inspect --json)", "")
+    con.print(t)
+
+
+def _config(manifest, out, rows=None, **kw):
+    from .runner import ExtractConfig, devices_for_gpus
+
+    gpus = kw.pop("gpus")
+    progress = kw.pop("progress")
+    return ExtractConfig(
+        manifest=manifest, out=out, rows=rows, devices=devices_for_gpus(gpus), progress=progress, **kw
+    )
+
+
+# -- commands -------------------------------------------------------------------
+
+
+@app.command("manifest")
+def manifest_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV (header clip_id,path,start,end,split,label,source).")],
+    out: Out = Path("features.zarr"),
+    media_root: Annotated[
+        Optional[Path], typer.Option(help="Folder that relative media paths are resolved against (default: the manifest's folder).")
+    ] = None,
+    video_encoder: VideoEnc = None,
+    audio_encoder: AudioEnc = None,
+    clip_weights: ClipWeights = None,
+    beats_ckpt: BeatsCkpt = None,
+    gpus: Gpus = 0,
+    scheduler: Scheduler = None,
+    part_clips: PartClips = None,
+    split: Annotated[Optional[str], typer.Option(help="Extract only the manifest rows of this split.")] = None,
+    as_split: Annotated[Optional[str], typer.Option(help="Store the extracted clips under this split name.")] = None,
+    retry_failed: RetryFailed = False,
+    decode_threads: DecodeThreads = 2,
+    progress: Progress = True,
+    as_json: JsonOut = False,
+) -> None:
+    """Extract the clips of a manifest CSV (also: `scav-extract MANIFEST.csv ...`)."""
+    cfg = _config(
+        manifest, out, media_root=media_root,
+        encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        gpus=gpus, scheduler=scheduler, part_clips=part_clips, split=split, as_split=as_split,
+        retry_failed=retry_failed, decode_threads=decode_threads, progress=progress,
+    )
+    _guard(lambda: _extract(cfg, as_json))
+
+
+def _dataset_cmd(name: str, result, out: Path, **kw) -> None:
+    """Write the builder's manifest + missing-media report next to the cache, then extract."""
+    from rich.console import Console
+
+    folder = Path(str(out) + ".manifests")
+    manifest, report = result.write(folder, name)
+    Console(stderr=True).print(
+        f"{name}: {len(result.rows)} clips with media, {len(result.missing)} missing/unreadable "
+        f"(listed in {report}); manifest: {manifest}"
+    )
+    if not result.rows:
+        raise typer.Exit(1)
+    as_json = kw.pop("as_json")
+    cfg = _config(manifest, out, media_root=result.media_root, **kw)
+    summary = _guard(lambda: _extract(cfg, as_json))
+    if not as_json:
+        typer.echo(f"missing media: {len(result.missing)} (see {report})")
+    return summary
+
+
+@app.command("vggsound")
+def vggsound_cmd(
+    list_path: Annotated[
+        Optional[Path],
+        typer.Option("--list", help="VGGSound list: official vggsound.csv (ytid,start,label,split) or test.csv "
+                                    "(<ytid>_<start>.mp4,label). Default: $SCAV_DATA/vggsound/vggsound.csv, "
+                                    "else $SCAV_DATA/vggsound/test.csv ($SCAV_DATA defaults to ./data)."),
+    ] = None,
+    media_root: Annotated[
+        Optional[Path], typer.Option(help="Folder of <ytid>_<start:06d>.mp4 cuts. Default: $SCAV_DATA/vggsound/media.")
+    ] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated: train,test (default: all listed).")] = None,
+    out: Out = Path("features.zarr"),
+    video_encoder: VideoEnc = None,
+    audio_encoder: AudioEnc = None,
+    clip_weights: ClipWeights = None,
+    beats_ckpt: BeatsCkpt = None,
+    gpus: Gpus = 0,
+    scheduler: Scheduler = None,
+    part_clips: PartClips = None,
+    retry_failed: RetryFailed = False,
+    decode_threads: DecodeThreads = 2,
+    progress: Progress = True,
+    as_json: JsonOut = False,
+) -> None:
+    """Build the VGGSound manifest (splits vggsound-train / vggsound-test) and extract it."""
+    from ..data_manifests.vggsound import build_vggsound
+
+    root = data_root() / "vggsound"
+    if list_path is None:
+        list_path = root / "vggsound.csv"
+        if not list_path.is_file() and (root / "test.csv").is_file():
+            list_path = root / "test.csv"
+    media_root = media_root or root / "media"
+    result = _guard(lambda: build_vggsound(list_path, media_root, _split_set(splits)))
+    _dataset_cmd(
+        "vggsound", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
+        decode_threads=decode_threads, progress=progress, as_json=as_json,
+    )
+
+
+@app.command("music")
+def music_cmd(
+    json_path: Annotated[
+        Optional[Path],
+        typer.Option("--list", help="MUSIC21_solo_videos.json. Default: $SCAV_DATA/music/MUSIC21_solo_videos.json."),
+    ] = None,
+    media_root: Annotated[
+        Optional[Path], typer.Option(help="Folder of <ytid>.mp4 videos. Default: $SCAV_DATA/music/media.")
+    ] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated: train,test (default: all).")] = None,
+    out: Out = Path("features.zarr"),
+    video_encoder: VideoEnc = None,
+    audio_encoder: AudioEnc = None,
+    clip_weights: ClipWeights = None,
+    beats_ckpt: BeatsCkpt = None,
+    gpus: Gpus = 0,
+    scheduler: Scheduler = None,
+    part_clips: PartClips = None,
+    retry_failed: RetryFailed = False,
+    decode_threads: DecodeThreads = 2,
+    progress: Progress = True,
+    as_json: JsonOut = False,
+) -> None:
+    """Build the MUSIC21-solo manifest (10 s windows; splits music-train / music-test, see
+    data_manifests/README.md for the split rule) and extract it."""
+    from ..data_manifests.music import build_music
+
+    root = data_root() / "music"
+    json_path = json_path or root / "MUSIC21_solo_videos.json"
+    media_root = media_root or root / "media"
+    result = _guard(lambda: build_music(json_path, media_root, _split_set(splits)))
+    _dataset_cmd(
+        "music", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
+        decode_threads=decode_threads, progress=progress, as_json=as_json,
+    )
+
+
+@app.command("synthetic")
+def synthetic_cmd(
+    out: Out = Path("features.zarr"),
+    media_dir: Annotated[
+        Optional[Path], typer.Option(help="Where the generated media + manifest go (default: <out>.synthetic).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the benchmark.")] = 0,
+    classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: SyntheticConfig).")] = None,
+    sources_per_class: Annotated[Optional[int], typer.Option(help="Long source videos per class.")] = None,
+    clips_per_source: Annotated[Optional[int], typer.Option(help="Clips cut from each source.")] = None,
+    clip_seconds: Annotated[Optional[float], typer.Option(help="Seconds per clip.")] = None,
+    video_encoder: VideoEnc = None,
+    audio_encoder: AudioEnc = None,
+    clip_weights: ClipWeights = None,
+    beats_ckpt: BeatsCkpt = None,
+    gpus: Gpus = 0,
+    part_clips: PartClips = None,
+    decode_threads: DecodeThreads = 2,
+    progress: Progress = True,
+    as_json: JsonOut = False,
+) -> None:
+    """Generate the synthetic audio-visual benchmark (media + manifest) and extract it."""
+    from dataclasses import replace
+
+    from ..data_manifests.synthetic import SyntheticConfig, build_synthetic
+
+    overrides = {k: v for k, v in dict(classes=classes, sources_per_class=sources_per_class,
+                                       clips_per_source=clips_per_source, clip_seconds=clip_seconds).items()
+                 if v is not None}
+    syn = replace(SyntheticConfig(), seed=seed, **overrides)
+    media_dir = media_dir or Path(str(out) + ".synthetic")
+    manifest = _guard(lambda: build_synthetic(media_dir, syn))
+    cfg = _config(
+        manifest, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        gpus=gpus, part_clips=part_clips, decode_threads=decode_threads, progress=progress,
+    )
+    _guard(lambda: _extract(cfg, as_json))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    cache: Annotated[Path, typer.Argument(help="Feature cache (Zarr folder).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (and failures) as JSON.")] = False,
+) -> None:
+    """Show a cache's encoders, splits, sizes and failed clips."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..core.cache import FeatureCache
+
+    fc = _guard(lambda: FeatureCache.open(cache))
+    summary = fc.summary()
+    failures = [f.to_dict() for f in fc.failures()]
+    if as_json:
+        typer.echo(json.dumps({**summary, "failure_rows": failures}, indent=2))
+        return
+    con = Console()
+    t = Table(title=str(cache), show_header=False)
+    for key, value in summary.items():
+        if key == "encoders":
+            for mod, info in value.items():
+                extra = f" sha256={info['checksum'][:12]}" if info.get("checksum") else ""
+                t.add_row(f"{mod} encoder", f"{info['name']}{' (stand-in)' if info.get('stand_in') else ''} "
+                                            f"dim={info['dim']}{extra}")
+        else:
+            t.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    con.print(t)
+    if failures:
+        _print_failures(con, failures)
+
+
+@app.command("export")
+def export_cmd(
+    cache: Annotated[Path, typer.Argument(help="Feature cache (Zarr folder).")],
+    out_h5: Annotated[Path, typer.Argument(help="HDF5 file to write.")],
+    split: Annotated[Optional[str], typer.Option(help="Export only this split.")] = None,
+) -> None:
+    """Export a cache (or one split) to one HDF5 file (layout: data_manifests/README.md / extract/hdf5.py)."""
+    from .hdf5 import export_h5
+
+    n = _guard(lambda: export_h5(cache, out_h5, split=split))
+    typer.echo(f"wrote {n} clips to {out_h5}")
+
+
+@app.command("import")
+def import_cmd(
+    in_h5: Annotated[Path, typer.Argument(help="HDF5 file in the SCAV exchange layout.")],
+    out: Out = Path("features.zarr"),
+    part_clips: PartClips = None,
+) -> None:
+    """Import features from an HDF5 file into a new or existing cache (clips already there are skipped)."""
+    from .hdf5 import import_h5
+
+    res = _guard(lambda: import_h5(in_h5, out, part_clips=part_clips))
+    typer.echo(f"imported {res['imported']} clips into {out} ({res['skipped']} already present)")
+
+
+def _split_set(text: str | None) -> set[str] | None:
+    return None if not text else {s.strip() for s in text.split(",") if s.strip()}
+
+
+def _guard(fn):
+    """Run ``fn``; user errors (bad manifest, cache mismatch, bad file) exit 2 with one clear line."""
+    from ..core.schema import CacheError
+    from ..data_manifests.manifest import ManifestError
+
+    try:
+        return fn()
+    except (CacheError, ManifestError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``scav-extract X.csv ...`` means ``scav-extract manifest X.csv ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].lower().endswith(".csv"):
+        argv.insert(0, "manifest")
+    logging.basicConfig(level=os.environ.get("SCAV_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    app(args=argv, prog_name="scav-extract")
+
+
+if __name__ == "__main__":
+    main()
