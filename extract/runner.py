@@ -88,7 +88,18 @@ def devices_for_gpus(gpus: int) -> tuple[str, ...]:
     """``--gpus N`` -> device names: N = 0 is one CPU worker."""
     if gpus < 0:
         raise ValueError(f"--gpus must be >= 0, got {gpus}")
-    return ("cpu",) if gpus == 0 else tuple(f"cuda:{i}" for i in range(gpus))
+    if gpus == 0:
+        return ("cpu",)
+    import torch
+
+    available = torch.cuda.device_count()
+    if available == 0:
+        # The documented command (`--gpus 1`) must still run on a laptop or CI box.
+        log.warning("--gpus %d: no CUDA device is visible; running one CPU worker instead", gpus)
+        return ("cpu",)
+    if gpus > available:
+        raise ValueError(f"--gpus {gpus}: only {available} CUDA device(s) visible; use --gpus {available}")
+    return tuple(f"cuda:{i}" for i in range(gpus))
 
 
 # -- encoders and decoder (looked up lazily: torch is imported only when used) --
