@@ -1,0 +1,196 @@
+"""Latent sequences and pooled embeddings of one split: cache + trained model -> Latents.
+
+Streams the split in cache order (``scav.core.loader.iter_eval_batches``), runs the
+model's own ``forward`` (so 'pre' interpolation is applied exactly as in training:
+v2a resamples each video to its own clip's audio length before the encoder), and
+writes each clip's valid latent steps into preallocated flat arrays: in RAM, or
+``.npy`` files (memory-mapped) when exporting.
+
+Export layout (``save`` / :func:`load_export`), one folder per (split, checkpoint)::
+
+    <cache>.retrieval/<split>-<checkpoint sha256[:12]>/
+      video_seq.npy (sum T'_i, c) float32   video_offsets.npy (N + 1,) int64   video_emb.npy (N, c)
+      audio_seq.npy (sum S'_i, c) float32   audio_offsets.npy (N + 1,) int64   audio_emb.npy (N, c)
+      clips.json    clip ids in order       meta.json   checkpoint, step, encoders, objective
+
+written under a temporary name and renamed when complete, so a folder that exists
+is whole; a later run with the same checkpoint and split reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scav.core.schema import CacheError, ClipInfo
+
+from .search import Latents
+
+log = logging.getLogger(__name__)
+
+RAM_WARN_BYTES = 8 << 30
+
+
+@dataclass
+class SplitLatents:
+    clip_ids: list[str]
+    video: Latents
+    audio: Latents
+    folder: Path | None = None  # where they are stored when exported
+    reused: bool = False
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """sha256[:12] of the checkpoint file (names the export folder)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def usable_clips(clips: list[ClipInfo]) -> tuple[list[ClipInfo], list[ClipInfo]]:
+    """(clips with both video and audio steps, the others): a clip without one side
+    has no sequence to compare and is left out (with a warning by the caller)."""
+    ok = [c for c in clips if c.n_video > 0 and c.n_audio > 0]
+    bad = [c for c in clips if not (c.n_video > 0 and c.n_audio > 0)]
+    return ok, bad
+
+
+def latent_lengths(clips: list[ClipInfo], objective) -> tuple[np.ndarray, np.ndarray]:
+    """Latent steps per clip (video, audio): the stored steps, except that with
+    interp='pre' the interpolated side takes its own clip's other-modality length."""
+    nv = np.array([c.n_video for c in clips], dtype=np.int64)
+    na = np.array([c.n_audio for c in clips], dtype=np.int64)
+    if objective.interp == "pre":
+        if objective.direction == "v2a":
+            nv = na.copy()
+        else:
+            na = nv.copy()
+    return nv, na
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    off = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    return off
+
+
+def _alloc(shape, folder: Path | None, name: str) -> np.ndarray:
+    if folder is None:
+        return np.empty(shape, dtype=np.float32)
+    return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+
+
+@torch.no_grad()
+def embed_split(
+    model,
+    objective,
+    cache_path: str | os.PathLike,
+    split: str,
+    clips: list[ClipInfo],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    folder: Path | None = None,
+    progress=None,
+) -> SplitLatents:
+    """Encode ``clips`` (a split's usable clips, cache order) with ``model`` (eval mode).
+
+    folder: write ``.npy`` files there (memory-mapped) instead of RAM arrays.
+    progress: optional callable(n_clips_done) for a progress bar.
+    """
+    from scav.core.loader import iter_eval_batches
+    from scav.train.model import masked_mean
+
+    ids = [c.clip_id for c in clips]
+    nv, na = latent_lengths(clips, objective)
+    voff, aoff = _offsets(nv), _offsets(na)
+    c = int(model.cfg.c)
+    need = 4 * c * (int(voff[-1]) + int(aoff[-1]) + 2 * len(ids))
+    if folder is None and need > RAM_WARN_BYTES:
+        log.warning("latents of %s need %.1f GiB of RAM; --export keeps them on disk (memory-mapped)", split, need / 2**30)
+    arrays = {}
+    for m, off in (("video", voff), ("audio", aoff)):
+        arrays[f"{m}_seq"] = _alloc((int(off[-1]), c), folder, f"{m}_seq")
+        arrays[f"{m}_emb"] = _alloc((len(ids), c), folder, f"{m}_emb")
+    model.eval()
+    dev = torch.device(device)
+    done = 0
+    for batch in iter_eval_batches(str(cache_path), split=split, clip_ids=ids, batch_size=batch_size):
+        if batch.clip_ids != ids[done : done + len(batch)]:
+            raise CacheError(f"cache order changed while reading {split}: expected {ids[done]}, got {batch.clip_ids[0]}")
+        b = batch.to(dev)
+        out = model(b.video, b.video_mask, b.audio, b.audio_mask)
+        for m, off in (("video", voff), ("audio", aoff)):
+            seq, mask = out[f"{m}_seq"].float(), out[f"{m}_mask"]
+            lens = mask.sum(1).cpu().numpy()
+            want = np.diff(off)[done : done + len(batch)]
+            if not np.array_equal(lens, want):
+                raise CacheError(f"{m} steps of {split} do not match the clip table (got {lens}, expected {want})")
+            emb = masked_mean(seq, mask)  # the model's own pooling (its video_emb / audio_emb)
+            flat = seq[mask].cpu().numpy()  # valid steps, clip after clip
+            arrays[f"{m}_seq"][off[done] : off[done + len(batch)]] = flat
+            arrays[f"{m}_emb"][done : done + len(batch)] = emb.cpu().numpy()
+        done += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    if done != len(ids):
+        raise CacheError(f"read {done} of {len(ids)} clips of {split}")
+    if folder is not None:
+        for a in arrays.values():
+            a.flush()
+        np.save(folder / "video_offsets.npy", voff)
+        np.save(folder / "audio_offsets.npy", aoff)
+    video = Latents(arrays["video_seq"], voff, arrays["video_emb"])
+    audio = Latents(arrays["audio_seq"], aoff, arrays["audio_emb"])
+    return SplitLatents(ids, video, audio, folder)
+
+
+def export_folder(root: Path, split: str, ckpt_hash: str) -> Path:
+    return root / f"{split}-{ckpt_hash}"
+
+
+def load_export(folder: Path, clip_ids: list[str]) -> SplitLatents | None:
+    """A complete earlier export for the same clips, memory-mapped; None if absent/stale."""
+    try:
+        stored = json.loads((folder / "clips.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if stored != clip_ids:
+        log.warning("%s was exported for other clips; recomputing", folder)
+        return None
+    return SplitLatents(
+        clip_ids, Latents.load(folder, "video"), Latents.load(folder, "audio"), folder, reused=True
+    )
+
+
+def embed_and_export(model, objective, cache_path, split, clips, final: Path, meta: dict, **kw) -> SplitLatents:
+    """embed_split into ``final`` (written as ``final``.tmp-<pid>, renamed when complete)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        lat = embed_split(model, objective, cache_path, split, clips, folder=tmp, **kw)
+        (tmp / "clips.json").write_text(json.dumps(lat.clip_ids))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        del lat  # close the write maps before the rename
+        if final.exists():
+            shutil.rmtree(final)  # a stale export of other clips
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    out = load_export(final, [c.clip_id for c in clips])
+    assert out is not None
+    out.reused = False
+    return out

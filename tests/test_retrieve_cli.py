@@ -1,0 +1,142 @@
+"""scav-retrieve end to end on a tiny cache and a tiny random checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from cache_factory import make_learnable_cache, make_random_cache
+from scav.core.cache import FeatureCache
+from scav.retrieve.cli import RetrieveConfig, app, run
+from scav.retrieve.metrics import ranks_from_scores, summarize_ranks
+from scav.train.checkpoint import make_payload, save_checkpoint
+from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.train.model import SCAVModel
+from scav.train.objective import sequence_distance
+
+TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
+
+
+def make_checkpoint(tmp_path, cache_path, objective: ObjectiveConfig, name="ckpt.pt", seed=0) -> Path:
+    cache = FeatureCache.open(cache_path)
+    torch.manual_seed(seed)
+    model = SCAVModel(TINY, cache.meta.video.dim, cache.meta.audio.dim, objective)
+    cfg = TrainConfig(cache=str(cache_path), out=str(tmp_path / "run"), model=TINY, objective=objective)
+    return save_checkpoint(tmp_path / name, make_payload(model, cfg, cache.meta, step=7))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("retr")
+    cache = make_learnable_cache(tmp / "f.zarr", {"train": 4, "test": 13}, lengths=(1.0, 3.0), seed=1)
+    post = make_checkpoint(tmp, cache, ObjectiveConfig(kind="scav", interp="post", direction="a2v"), "post.pt")
+    pre = make_checkpoint(tmp, cache, ObjectiveConfig(kind="scav", interp="pre", direction="v2a"), "pre.pt")
+    return tmp, cache, post, pre
+
+
+def independent_ranks(cache_path, ckpt_path, split):
+    """Each clip encoded alone (no padding), full matrices, ranks by the metrics module."""
+    from scav.train.checkpoint import load_model
+
+    model, cfg, _ = load_model(ckpt_path)
+    cache = FeatureCache.open(cache_path)
+    vs, as_ = [], []
+    with torch.no_grad():
+        for info in cache.clips(split):
+            f = cache.get(info.clip_id)
+            v = torch.from_numpy(f.video.astype("float32"))[None]
+            a = torch.from_numpy(f.audio.astype("float32"))[None]
+            out = model(v, torch.ones(v.shape[:2], dtype=torch.bool), a, torch.ones(a.shape[:2], dtype=torch.bool))
+            vs.append(out["video_seq"][0])
+            as_.append(out["audio_seq"][0])
+    pad = torch.nn.utils.rnn.pad_sequence
+    v, a = pad(vs, batch_first=True), pad(as_, batch_first=True)
+    vm = torch.arange(v.shape[1])[None] < torch.tensor([len(x) for x in vs])[:, None]
+    am = torch.arange(a.shape[1])[None] < torch.tensor([len(x) for x in as_])[:, None]
+    ve = torch.stack([x.mean(0) for x in vs])
+    ae = torch.stack([x.mean(0) for x in as_])
+    cos = F.normalize(ve.double(), dim=-1) @ F.normalize(ae.double(), dim=-1).T  # (video, audio)
+    with torch.no_grad():
+        d = sequence_distance(cfg.objective, v, vm, a, am)
+    return {
+        "agg": {"a2v": ranks_from_scores(cos.T.float()), "v2a": ranks_from_scores(cos.float())},
+        "seq": {"a2v": ranks_from_scores(-d.T), "v2a": ranks_from_scores(-d)},
+        "lengths": ([len(x) for x in vs], [len(x) for x in as_]),
+    }
+
+
+@pytest.mark.parametrize("which", ["post", "pre"])
+def test_run_matches_independent_computation(setup, which):
+    tmp, cache, post, pre = setup
+    ckpt = post if which == "post" else pre
+    res = run(RetrieveConfig(checkpoint=str(ckpt), split="test", cache=str(cache), method="all", k=4,
+                             batch_size=5, query_block=4, candidate_chunk=3, device="cpu"))
+    ref = independent_ranks(cache, ckpt, "test")
+    assert res["num_queries"] == res["num_candidates"] == 13
+    assert res["encoders"] == {"video": "pixels (stand-in)", "audio": "fbank (stand-in)"}
+    for m in ("agg", "seq"):
+        for d in ("a2v", "v2a"):
+            want = summarize_ranks(ref[m][d])
+            assert res["results"][m][d] == pytest.approx(want), (m, d)
+    infos = FeatureCache.open(cache).clips("test")
+    vl, al = ref["lengths"]
+    if which == "pre":  # v2a pre: each video encoded at its own audio length
+        assert vl == [c.n_audio for c in infos]
+    else:
+        assert vl == [c.n_video for c in infos] and vl != al
+
+
+def test_cli_json_matches_run_and_export_reuse(setup):
+    tmp, cache, post, _ = setup
+    parts_before = sorted((p, p.stat().st_mtime_ns) for p in Path(cache).rglob("*"))
+    out_json = tmp / "out" / "r.json"
+    runner = CliRunner()
+    args = ["--split", "test", "--checkpoint", str(post), "--cache", str(cache), "--method", "hybrid",
+            "--k", "5", "--json", str(out_json), "--device", "cpu", "--export"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "A->V" in r.output and "stand-in" in r.output
+    got = json.loads(out_json.read_text())
+    for key in ("split", "method", "k", "checkpoint", "num_queries", "num_candidates", "seconds", "a2v", "v2a"):
+        assert key in got
+    assert set(got["a2v"]) == {"R@1", "R@5", "R@10", "MedR", "MeanR"}
+    export = Path(got["export"])
+    assert export.parent == Path(f"{cache}.retrieval") and export.name.startswith("test-")
+    assert (export / "video_seq.npy").is_file()
+    # same numbers from run(), which now reuses the export
+    direct = run(RetrieveConfig(checkpoint=str(post), split="test", cache=str(cache), method="hybrid", k=5,
+                                device="cpu", export=True))
+    assert direct["a2v"] == got["a2v"] and direct["v2a"] == got["v2a"]
+    # the cache itself is untouched
+    assert sorted((p, p.stat().st_mtime_ns) for p in Path(cache).rglob("*")) == parts_before
+
+
+def test_bad_inputs_exit_cleanly(setup, tmp_path):
+    tmp, cache, post, _ = setup
+    runner = CliRunner()
+    base = ["--checkpoint", str(post), "--cache", str(cache), "--device", "cpu"]
+    cases = [
+        (["--split", "nope"], "available: test (13), train (4)"),
+        (["--split", "test", "--k", "14", "--method", "hybrid"], "larger than split"),
+        (["--split", "test", "--checkpoint", str(tmp_path / "missing.pt")], "no checkpoint"),
+    ]
+    other = make_random_cache(tmp_path / "other.zarr", {"test": 3}, video_dim=16, audio_dim=24, video_name="clip-vit-b32")
+    cases.append((["--split", "test", "--cache", str(other)], "trained on features of video=pixels"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    cases.append((["--split", "test", "--checkpoint", str(tmp_path / "junk.pt")], "not a readable SCAV checkpoint"))
+    for extra, msg in cases:
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 2, (extra, r.output)
+        assert msg in " ".join(r.output.split()), (extra, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from scav.retrieve.cli import app; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})

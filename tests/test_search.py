@@ -1,0 +1,212 @@
+"""agg / seq / hybrid search against naive full-matrix computations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scav.retrieve.metrics import ranks_from_scores
+from scav.retrieve.search import (
+    Latents,
+    RunningTopK,
+    SearchConfig,
+    SeqDistance,
+    agg_search,
+    hybrid_rerank,
+    retrieve,
+    seq_search,
+)
+
+
+def random_latents(n, lengths, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    lmax = max(lengths)
+    x = torch.randn(n, lmax, c, generator=g)
+    mask = torch.arange(lmax)[None, :] < torch.tensor(lengths)[:, None]
+    return x * mask[..., None], mask
+
+
+def make_pair(n=23, c=6, uniform=False, seed=0):
+    g = torch.Generator().manual_seed(seed + 100)
+    if uniform:
+        vl = al = [5] * n
+    else:
+        vl = torch.randint(3, 12, (n,), generator=g).tolist()
+        al = torch.randint(2, 7, (n,), generator=g).tolist()
+    v, vm = random_latents(n, vl, c, seed)
+    a, am = random_latents(n, al, c, seed + 1)
+    # make the positives a bit closer so ranks are spread, not all random
+    return (v, vm), (a, am)
+
+
+def naive_distance(v, vm, a, am, direction):
+    """Per pair: F.interpolate the valid part, mean over steps of the squared L2."""
+    n_v, n_a = v.shape[0], a.shape[0]
+    d = torch.empty(n_v, n_a, dtype=torch.float64)
+    for i in range(n_v):
+        vi = v[i, : int(vm[i].sum())].double()
+        for j in range(n_a):
+            aj = a[j, : int(am[j].sum())].double()
+            if direction == "v2a":
+                src, tgt = vi, aj
+            else:
+                src, tgt = aj, vi
+            res = F.interpolate(src.T[None], size=tgt.shape[0], mode="linear", align_corners=False)[0].T
+            d[i, j] = ((res - tgt) ** 2).sum(-1).mean()
+    return d
+
+
+def naive_ranks(d_video_by_audio, direction):
+    d = d_video_by_audio if direction == "v2a" else d_video_by_audio.T  # rows = queries
+    return ranks_from_scores(-d)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("dist_direction", ["v2a", "a2v"])
+@pytest.mark.parametrize("blocks", [(5, 7), (4, 23), (23, 3)])
+def test_seq_streaming_equals_naive_full_matrix(dist_direction, blocks, uniform):
+    (v, vm), (a, am) = make_pair(uniform=uniform)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    cfg = SearchConfig(query_block=blocks[0], candidate_chunk=blocks[1])
+    dist = SeqDistance("euclidean", dist_direction)
+    d = naive_distance(v, vm, a, am, dist_direction)
+    for ret_dir in ("a2v", "v2a"):
+        q, c = (audio, video) if ret_dir == "a2v" else (video, audio)
+        got = seq_search(q, c, ret_dir, dist, cfg)
+        assert torch.equal(got, naive_ranks(d, ret_dir)), (ret_dir, dist_direction, blocks)
+
+
+def test_paired_distance_matches_matrix():
+    (v, vm), (a, am) = make_pair(n=9)
+    for direction in ("v2a", "a2v"):
+        dist = SeqDistance("euclidean", direction)
+        full = dist.matrix(v, vm, a, am)
+        ii, jj = torch.meshgrid(torch.arange(9), torch.arange(9), indexing="ij")
+        ii, jj = ii.reshape(-1), jj.reshape(-1)
+        paired = dist.paired(v[ii], vm[ii], a[jj], am[jj]).reshape(9, 9)
+        torch.testing.assert_close(paired, full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(full.double(), naive_distance(v, vm, a, am, direction), rtol=1e-5, atol=1e-5)
+
+
+def test_agg_streaming_with_ties_equals_full_matrix():
+    g = torch.Generator().manual_seed(5)
+    n, c = 31, 4
+    # few distinct embeddings -> many exact ties
+    base = torch.randn(4, c, generator=g)
+    ve = base[torch.randint(0, 4, (n,), generator=g)]
+    ae = base[torch.randint(0, 4, (n,), generator=g)]
+    video = Latents(ve.numpy().copy(), np.arange(n + 1), ve.numpy().copy())
+    audio = Latents(ae.numpy().copy(), np.arange(n + 1), ae.numpy().copy())
+    full = (F.normalize(ae.double(), dim=-1) @ F.normalize(ve.double(), dim=-1).T).float()  # a2v: rows = audio
+    for qb, cb in [(7, 5), (31, 31), (1, 9)]:
+        ranks, topk = agg_search(audio, video, SearchConfig(query_block=qb, candidate_chunk=cb), k=6)
+        # exact duplicates must tie whatever the block layout (fp32 matmuls alone do not)
+        assert torch.equal(ranks, ranks_from_scores(full)), (qb, cb)
+        order = np.argsort(-full.numpy(), axis=1, kind="stable")[:, :6]
+        assert topk.numpy().tolist() == order.tolist()
+
+
+def test_running_topk_any_block_order():
+    g = torch.Generator().manual_seed(7)
+    s = torch.randint(0, 3, (5, 20), generator=g).float()
+    tk = RunningTopK(5, 7)
+    blocks = [(12, 20), (0, 5), (5, 12)]  # out of order on purpose
+    for a, b in blocks:
+        tk.update(0, 5, a, b, s[:, a:b])
+    want = np.argsort(-s.numpy(), axis=1, kind="stable")[:, :7]
+    assert tk.index.numpy().tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("rerank", ["gather", "union"])
+@pytest.mark.parametrize("uniform", [False, True])
+def test_hybrid_extremes_equal_seq_and_agg(uniform, rerank):
+    (v, vm), (a, am) = make_pair(n=19, uniform=uniform, seed=3)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    cfg = SearchConfig(query_block=6, candidate_chunk=4, rerank=rerank)
+    dist = SeqDistance("euclidean", "v2a")
+    for direction in ("a2v", "v2a"):
+        q, c = (audio, video) if direction == "a2v" else (video, audio)
+        agg_r, _ = agg_search(q, c, cfg)
+        seq_r = seq_search(q, c, direction, dist, cfg)
+        h_all = hybrid_rerank(q, c, direction, dist, *agg_search(q, c, cfg, k=len(c)), cfg)
+        h_one = hybrid_rerank(q, c, direction, dist, *agg_search(q, c, cfg, k=1), cfg)
+        assert torch.equal(h_all, seq_r), direction
+        assert torch.equal(h_one, agg_r), direction
+        assert not torch.equal(seq_r, agg_r)  # the two extremes differ: the checks bite
+
+
+@pytest.mark.parametrize("rerank", ["gather", "union", "auto"])
+def test_hybrid_middle_k_vs_naive(rerank):
+    (v, vm), (a, am) = make_pair(n=17, seed=9)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    cfg = SearchConfig(query_block=5, candidate_chunk=6, rerank_budget_mb=1, rerank=rerank)
+    dist = SeqDistance("euclidean", "a2v")
+    d = naive_distance(v, vm, a, am, "a2v")
+    k = 5
+    for direction in ("a2v", "v2a"):
+        q, c = (audio, video) if direction == "a2v" else (video, audio)
+        got = retrieve(video, audio, ("hybrid",), k, dist, cfg, (direction,))[direction].ranks["hybrid"]
+        qe = F.normalize(torch.from_numpy(q.emb), dim=-1)
+        ce = F.normalize(torch.from_numpy(c.emb), dim=-1)
+        sims = (qe @ ce.T).numpy()
+        dd = (d if direction == "v2a" else d.T).numpy()
+        for i in range(len(q)):
+            order = sorted(range(len(c)), key=lambda j: (-sims[i, j], j))
+            top = order[:k]
+            if i in top:
+                rr = sorted(top, key=lambda j: (dd[i, j], j))
+                want = rr.index(i) + 1
+            else:
+                want = order.index(i) + 1
+            assert got[i] == want, (direction, i)
+
+
+def test_memmap_store_same_ranks(tmp_path):
+    (v, vm), (a, am) = make_pair(n=15, seed=11)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    for name, lat in (("video", video), ("audio", audio)):
+        np.save(tmp_path / f"{name}_seq.npy", lat.seq)
+        np.save(tmp_path / f"{name}_offsets.npy", lat.offsets)
+        np.save(tmp_path / f"{name}_emb.npy", lat.emb)
+    mv, ma = Latents.load(tmp_path, "video"), Latents.load(tmp_path, "audio")
+    assert isinstance(mv.seq, np.memmap)
+    cfg = SearchConfig(query_block=4, candidate_chunk=6)
+    r_ram = retrieve(video, audio, ("agg", "seq", "hybrid"), 3, SeqDistance(), cfg)
+    r_map = retrieve(mv, ma, ("agg", "seq", "hybrid"), 3, SeqDistance(), cfg)
+    for d in r_ram:
+        for m in r_ram[d].ranks:
+            assert torch.equal(r_ram[d].ranks[m], r_map[d].ranks[m])
+
+
+def test_soft_dtw_streaming_equals_full_matrix():
+    (v, vm), (a, am) = make_pair(n=8, c=3, seed=13)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    dist = SeqDistance("soft_dtw", gamma=0.1)
+    full = dist.matrix(v, vm, a, am)  # (video, audio)
+    cfg = SearchConfig(query_block=3, candidate_chunk=5)
+    assert torch.equal(seq_search(audio, video, "a2v", dist, cfg), ranks_from_scores(-full.T))
+    assert torch.equal(seq_search(video, audio, "v2a", dist, cfg), ranks_from_scores(-full))
+    h = hybrid_rerank(audio, video, "a2v", dist, *agg_search(audio, video, cfg, k=8), cfg)
+    assert torch.equal(h, ranks_from_scores(-full.T))
+
+
+def test_fewer_queries_than_candidates():
+    (v, vm), (a, am) = make_pair(n=14, seed=21)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    d = naive_distance(v, vm, a, am, "v2a")
+    cfg = SearchConfig(query_block=3, candidate_chunk=4)
+    dist = SeqDistance("euclidean", "v2a")
+    q = audio.head(6)
+    got = seq_search(q, video, "a2v", dist, cfg)
+    assert torch.equal(got, ranks_from_scores(-d.T[:6], torch.arange(6)))
+    h = hybrid_rerank(q, video, "a2v", dist, *agg_search(q, video, cfg, k=14), cfg)
+    assert torch.equal(h, got)
+
+
+def test_bad_inputs():
+    (v, vm), (a, am) = make_pair(n=5)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    with pytest.raises(ValueError, match="k must be"):
+        retrieve(video, audio, ("hybrid",), 6)
+    with pytest.raises(ValueError, match="unknown methods"):
+        retrieve(video, audio, ("fast",), 2)

@@ -1,0 +1,137 @@
+"""Checkpoints: atomic writes, plain contents, and the model loader.
+
+A checkpoint is a dict of tensors and primitive types only (it loads with
+``torch.load(weights_only=True)``)::
+
+    model             state_dict of SCAVModel
+    config            TrainConfig as a nested plain dict
+    schema_version    cache schema version the features followed
+    cache_fingerprint CacheMeta.fingerprint() of the training cache
+    encoders          {'video': EncoderInfo dict, 'audio': EncoderInfo dict}
+    video_dim, audio_dim, step
+    optimizer, scheduler, rng, train_state   (resume only; absent from averaged.pt)
+    averaged_from     list of steps (averaged.pt only)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scav.core.schema import CacheError, CacheMeta, EncoderInfo
+
+from .config import TrainConfig
+from .model import SCAVModel
+
+REQUIRED_KEYS = ("model", "config", "schema_version", "cache_fingerprint", "encoders", "video_dim", "audio_dim", "step")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or incomplete; the message says why."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def make_payload(model: SCAVModel, cfg: TrainConfig, cache_meta: CacheMeta, step: int, **extra) -> dict[str, Any]:
+    """The common part of every checkpoint (see module docstring)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": cfg.to_dict(),
+        "schema_version": cache_meta.schema_version,
+        "cache_fingerprint": cache_meta.fingerprint(),
+        "encoders": {"video": cache_meta.video.to_dict(), "audio": cache_meta.audio.to_dict()},
+        "video_dim": model.video_dim,
+        "audio_dim": model.audio_dim,
+        "step": int(step),
+        **extra,
+    }
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint dict; CheckpointError with the reason otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(f"{path} is not a readable SCAV checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a SCAV checkpoint (holds a {type(ckpt).__name__})")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete SCAV checkpoint: missing {missing}")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """-> (SCAVModel in eval mode, TrainConfig, meta dict).
+
+    meta: schema_version, cache_fingerprint, encoders (EncoderInfo per modality),
+    video_dim, audio_dim, step, averaged_from (or None).
+    """
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        model = SCAVModel(cfg.model, int(ckpt["video_dim"]), int(ckpt["audio_dim"]), cfg.objective)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: config or weights do not fit a SCAV model: {e}") from e
+    model.to(map_location).eval()
+    meta = {
+        "schema_version": ckpt["schema_version"],
+        "cache_fingerprint": ckpt["cache_fingerprint"],
+        "encoders": {m: EncoderInfo.from_dict(d) for m, d in ckpt["encoders"].items()},
+        "video_dim": int(ckpt["video_dim"]),
+        "audio_dim": int(ckpt["audio_dim"]),
+        "step": int(ckpt["step"]),
+        "averaged_from": ckpt.get("averaged_from"),
+    }
+    return model, cfg, meta
+
+
+def check_cache_matches(meta: dict[str, Any], cache_meta: CacheMeta, what: str = "this checkpoint") -> None:
+    """Refuse features from other encoders than ``meta`` (from load_model / read_checkpoint)."""
+    if meta["cache_fingerprint"] == cache_meta.fingerprint():
+        return
+    enc = meta["encoders"]
+    enc = {m: e if isinstance(e, EncoderInfo) else EncoderInfo.from_dict(e) for m, e in enc.items()}
+    raise CacheError(
+        f"{what} was trained on features of video={enc['video'].label}, audio={enc['audio'].label} "
+        f"(fingerprint {meta['cache_fingerprint']}), but the cache holds video={cache_meta.video.label}, "
+        f"audio={cache_meta.audio.label} (fingerprint {cache_meta.fingerprint()}); "
+        "use a cache extracted with the same encoders"
+    )
+
+
+def average_state_dicts(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Parameter average of the 'model' entries of ``paths`` (floats averaged in
+    float64, other tensors taken from the first). Returns (state_dict, first ckpt)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = read_checkpoint(paths[0])
+    acc = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in first["model"].items()}
+    for p in paths[1:]:
+        sd = read_checkpoint(p)["model"]
+        for k, v in sd.items():
+            if v.is_floating_point():
+                acc[k] += v.double()
+    n = len(paths)
+    ref = first["model"]
+    avg = {k: (v / n).to(ref[k].dtype) if ref[k].is_floating_point() else v for k, v in acc.items()}
+    return avg, first

@@ -1,0 +1,174 @@
+"""Typed configuration of the training stage: model, objective, run.
+
+Configs are validated without being changed (``validate()`` raises ValueError
+with a readable reason) and round-trip through plain dicts, which is how they
+are stored in ``config.json`` and inside checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+OBJECTIVES = ("cav", "scav", "cav+scav")
+DISTANCES = ("euclidean", "soft_dtw", "wasserstein")
+INTERPS = ("pre", "post")
+DIRECTIONS = ("v2a", "a2v")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the SCAV model (paper §IV defaults: 38 M trainable parameters).
+
+    Relative positions: one T5-style bucketed bias table per encoder, one value
+    per (bucket, head), shared by all layers of that encoder (as in T5).
+    """
+
+    c: int = 512
+    video_layers: int = 8
+    audio_layers: int = 2
+    heads: int = 8
+    video_mlp_hidden: int = 2048
+    audio_mlp_hidden: int = 768
+    dropout: float = 0.1
+    rel_pos_buckets: int = 32
+    rel_pos_max_distance: int = 128
+    ff_mult: int = 4
+
+    def validate(self) -> None:
+        for name in ("c", "heads", "video_mlp_hidden", "audio_mlp_hidden", "rel_pos_buckets", "ff_mult"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.video_layers >= 0 and self.audio_layers >= 0, "model layer counts must be >= 0")
+        _check(self.c % self.heads == 0, f"model.c ({self.c}) must be divisible by heads ({self.heads})")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.rel_pos_buckets % 2 == 0, "model.rel_pos_buckets must be even (half per direction)")
+        _check(
+            self.rel_pos_max_distance > self.rel_pos_buckets // 4,
+            "model.rel_pos_max_distance must exceed rel_pos_buckets/4 (T5 bucketing)",
+        )
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What the model is trained to do.
+
+    kind: 'cav' (aggregation, §III-B), 'scav' (sequence, §III-C) or 'cav+scav'
+    (Table IV multi-task). ``interp``/``direction`` say which sequence is
+    interpolated to the other's length and where: 'pre' = raw features before
+    the MLP/Transformer, 'post' = latent sequences inside the distance.
+    """
+
+    kind: str = "scav"
+    distance: str = "euclidean"
+    interp: str = "pre"
+    direction: str = "v2a"
+    normalize: bool = True  # z-score the distance matrix (Table IV ablation 1)
+    lambda_init: float = 1.0  # SCAV temperature init (Table IV ablation 2: 0.07)
+    tau_init: float = 0.07  # CAV temperature init
+    gamma: float = 0.1  # soft-DTW smoothing
+    eps: float = 0.1  # Sinkhorn entropic regularisation
+
+    def validate(self) -> None:
+        _check(self.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}, got {self.kind!r}")
+        _check(self.distance in DISTANCES, f"objective.distance must be one of {DISTANCES}, got {self.distance!r}")
+        _check(self.interp in INTERPS, f"objective.interp must be one of {INTERPS}, got {self.interp!r}")
+        _check(self.direction in DIRECTIONS, f"objective.direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        for name in ("lambda_init", "tau_init", "gamma", "eps"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v > 0, f"objective.{name} must be a positive number, got {v}")
+        _check(
+            not (self.interp == "pre" and self.distance != "euclidean"),
+            "objective.interp='pre' makes the sequences equal-length; it only applies to the "
+            "'euclidean' distance (soft_dtw / wasserstein align sequences themselves: use interp='post')",
+        )
+
+    @property
+    def uses_cav(self) -> bool:
+        return self.kind in ("cav", "cav+scav")
+
+    @property
+    def uses_scav(self) -> bool:
+        return self.kind in ("scav", "cav+scav")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    cache: str
+    out: str
+    split: str = "train"
+    val_clips: int = 550
+    val_every: int = 1000
+    steps: int = 250_000
+    batch_size: int = 32
+    lr: float = 7e-4
+    betas: tuple[float, float] = (0.95, 0.98)
+    weight_decay: float = 0.01
+    warmup_steps: int = 5000
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    seed: int = 0
+    precision: str = "fp32"
+    num_workers: int = 0
+    random_crop: float | None = None  # seconds; same window in both modalities
+    keep_best: int = 10
+    log_every: int = 50
+    device: str = "auto"  # 'auto' = cuda if available (or LOCAL_RANK's cuda) else cpu
+    resume: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def validate(self) -> None:
+        _check(bool(self.cache), "cache path is empty")
+        _check(bool(self.out), "out folder is empty")
+        _check(self.val_clips >= 0, f"val_clips must be >= 0, got {self.val_clips}")
+        _check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 2, f"batch_size must be >= 2 (contrastive needs negatives), got {self.batch_size}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas}",
+        )
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(
+            self.random_crop is None or (math.isfinite(self.random_crop) and self.random_crop > 0),
+            f"random_crop must be None or > 0 seconds, got {self.random_crop}",
+        )
+        _check(self.keep_best >= 1, f"keep_best must be >= 1, got {self.keep_best}")
+        _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}",
+        )
+        self.model.validate()
+        self.objective.validate()
+
+    # -- plain-dict round trip (config.json, checkpoints) -----------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        d["model"] = ModelConfig(**d.get("model", {}))
+        d["objective"] = ObjectiveConfig(**d.get("objective", {}))
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)

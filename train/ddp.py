@@ -1,0 +1,111 @@
+"""Multi-process training helpers (torchrun / DistributedDataParallel).
+
+Launch: ``torchrun --nproc_per_node=G [--nnodes ...] -m scav.train.cli --cache ...``.
+The effective batch is ``world_size * batch_size``; every rank sees the whole
+global batch as negatives through :func:`gather_features`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this rank's GPU when CUDA is there, else CPU."""
+    if pref == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {pref!r} requested but CUDA is not available")
+    if pref == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(pref)
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group described by torchrun's env vars (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    log.info("rank %d / %d (local %d) on %s", info.rank, info.world_size, info.local_rank, device)
+    return info
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_features(t: torch.Tensor) -> torch.Tensor:
+    """All-gather ``t (n, ...)`` from every rank -> ``(world * n, ...)``, rank order.
+
+    Keeps gradients: the backward sums every rank's gradient for this rank's
+    slice (torch.distributed.nn all_gather), so a local loss over gathered
+    columns gives the full-batch gradient after DDP averaging.
+    Every rank must pass the same shape.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t), dim=0)
+
+
+def gather_sequences(seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather padded sequences of different lengths: seq (n, T, c), mask (n, T) ->
+    ((world * n, T_max, c), (world * n, T_max)), T_max = longest T over ranks."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return seq, mask
+    t = torch.tensor([seq.shape[1]], device=seq.device, dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    pad = int(t.item()) - seq.shape[1]
+    if pad:
+        seq = F.pad(seq, (0, 0, 0, pad))
+        mask = F.pad(mask, (0, pad), value=False)
+    # gloo has no bool collectives: gather the mask as uint8
+    all_mask = torch.cat(_gather_nograd(mask.to(torch.uint8)), dim=0).bool()
+    return gather_features(seq), all_mask
+
+
+def _gather_nograd(t: torch.Tensor) -> list[torch.Tensor]:
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(x: float, device: torch.device) -> float:
+    """Mean of a Python float over ranks (for logging)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.tensor([x], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
