@@ -58,7 +58,9 @@ def write_media(
             vstream = container.add_stream("libx264", rate=rate)
             vstream.width, vstream.height = w - w % 2, h - h % 2
             vstream.pix_fmt = "yuv420p"
-            vstream.options = {"crf": str(crf), "preset": "veryfast"}
+            # One encoder thread: x264's output depends on its thread count, and the
+            # synthetic benchmark must be byte-identical for a seed on any machine.
+            vstream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
             if frame_times is not None:
                 vstream.codec_context.time_base = Fraction(1, 90000)
         astreams = []
