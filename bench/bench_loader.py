@@ -152,7 +152,7 @@ def bench_training_step(path, ids, args) -> None:
     n_steps = args.train_steps
     batches = []
     for b in make_train_loader(path, "train", args.train_batch, seed=1, clip_ids=ids):
-        batches.append(b)
+        batches.append(b.to("cpu"))  # in memory and already float32
         if len(batches) == n_steps:
             break
     step(batches[0])
@@ -163,10 +163,10 @@ def bench_training_step(path, ids, args) -> None:
     for workers in (0, 1):
         loader = make_train_loader(path, "train", args.train_batch, seed=2, clip_ids=ids, num_workers=workers)
         it = iter(loader)
-        step(next(it))
+        step(next(it).to("cpu"))
         t0, k = time.perf_counter(), 0
         for b in it:
-            step(b)
+            step(b.to("cpu"))  # as the training loop does: move, then cast to float32
             k += 1
             if k == n_steps:
                 break

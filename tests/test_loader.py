@@ -36,7 +36,11 @@ def cache_path(tmp_path_factory):
 
 def _check_against_cache(cache, batch, track=0):
     """Compare a Batch with FeatureCache.get, padded by hand."""
-    assert batch.video.dtype == torch.float32 and batch.audio.dtype == torch.float32
+    assert batch.video.dtype == torch.float16 and batch.audio.dtype == torch.float16  # as stored
+    moved = batch.to("cpu")
+    assert moved.video.dtype == torch.float32 and moved.audio.dtype == torch.float32
+    assert torch.equal(moved.video, batch.video.float()) and torch.equal(moved.audio, batch.audio.float())
+    batch = moved
     for i, cid in enumerate(batch.clip_ids):
         f = cache.get(cid, track)
         t, s = len(f.video), len(f.audio)
