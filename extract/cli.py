@@ -22,6 +22,8 @@ app = typer.Typer(
     help=(
         "Extract frozen-encoder features (video per frame, audio per BEATs step) into a SCAV "
         "feature cache (Zarr).\n\n"
+        "\b\n"  # click: keep the example lines as written
+        "  scav-extract synthetic --out features.zarr       (the generated demo benchmark)\n"
         "  scav-extract MANIFEST.csv --out features.zarr   (a CSV: clip_id,path,start,end,split,label,source)\n"
         "  scav-extract vggsound --gpus 1                   (data/vggsound/{vggsound.csv,media/})\n"
         "  scav-extract music --gpus 1                      (data/music/{MUSIC21_solo_videos.json,media/})\n"
