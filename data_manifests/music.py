@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from .manifest import ManifestError, ManifestRow
-from .vggsound import BuildResult, MissingMedia
+from .builders import BuildResult, MissingMedia
 
 log = logging.getLogger(__name__)
 

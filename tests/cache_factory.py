@@ -124,3 +124,21 @@ def make_learnable_cache(
         audio = audio + noise * rng.standard_normal(audio.shape)
         clips.append((info, video.astype(np.float16), audio.astype(np.float16)))
     return _write(Path(path), _meta(video_dim, audio_dim, video_name, audio_name), clips)
+
+
+def cache_contents(path) -> dict:
+    """clip_id -> (ClipInfo, video, audio) of a whole cache, for comparing two caches."""
+    from scav.core.cache import FeatureCache
+
+    c = FeatureCache.open(path)
+    return {i.clip_id: (i, c.get(i.clip_id).video, c.get(i.clip_id).audio) for i in c.clips()}
+
+
+def assert_same_contents(a: dict, b: dict) -> None:
+    import numpy as np
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k][0] == b[k][0]
+        np.testing.assert_array_equal(a[k][1], b[k][1])
+        np.testing.assert_array_equal(a[k][2], b[k][2])

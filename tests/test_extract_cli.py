@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cache_factory import assert_same_contents, cache_contents
+
 from scav.core.cache import FeatureCache
 from scav.data_manifests.manifest import ManifestRow, write_manifest
 from scav.data_manifests.media import AudioSpec, write_media
@@ -47,17 +49,6 @@ def twelve(tmp_path_factory):
     return folder, write_manifest(rows, folder / "m.csv")
 
 
-def _features(path):
-    c = FeatureCache.open(path)
-    return {i.clip_id: (i, c.get(i.clip_id).video, c.get(i.clip_id).audio) for i in c.clips()}
-
-
-def _assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k][0] == b[k][0]
-        np.testing.assert_array_equal(a[k][1], b[k][1])
-        np.testing.assert_array_equal(a[k][2], b[k][2])
 
 
 def test_help_is_fast_and_imports_no_torch():
@@ -78,7 +69,7 @@ def test_csv_dispatch_equals_run(twelve, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["extracted"] == 12
     run(ExtractConfig(manifest=manifest, out=tmp_path / "run.zarr", progress=False))
-    _assert_same(_features(tmp_path / "cli.zarr"), _features(tmp_path / "run.zarr"))
+    assert_same_contents(cache_contents(tmp_path / "cli.zarr"), cache_contents(tmp_path / "run.zarr"))
     # inspect: table and JSON
     assert cli("inspect", str(tmp_path / "cli.zarr")) == 0
     assert "pixels (stand-in)" in capsys.readouterr().out
@@ -134,7 +125,7 @@ def test_kill_minus_9_then_rerun_completes_exactly_once(twelve, tmp_path):
     ids = [c.clip_id for p in cache.parts for c in p.clips]
     assert sorted(ids) == [f"clip{i:02d}" for i in range(12)]  # every clip exactly once
     assert not any((out / ".staging").iterdir())
-    _assert_same(_features(ref), _features(out))
+    assert_same_contents(cache_contents(ref), cache_contents(out))
 
 
 def test_vggsound_real_test_list_with_three_media(tmp_path, capsys, monkeypatch):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cache_factory import assert_same_contents, cache_contents
+
 from scav.core.cache import FeatureCache
 from scav.core.schema import CacheError, EncoderInfo
 from scav.data_manifests.manifest import ManifestRow, write_manifest
@@ -241,17 +243,6 @@ def test_a_failing_encode_is_a_failure_row(mixed, tmp_path, monkeypatch):
     assert summary["extracted"] == len(MIXED)
 
 
-def _features(path):
-    c = FeatureCache.open(path)
-    return {i.clip_id: (i, c.get(i.clip_id).video, c.get(i.clip_id).audio) for i in c.clips()}
-
-
-def _assert_same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k][0] == b[k][0]
-        np.testing.assert_array_equal(a[k][1], b[k][1])
-        np.testing.assert_array_equal(a[k][2], b[k][2])
 
 
 def test_dask_scheduler_path_matches_in_process(mixed, tmp_path):
@@ -262,7 +253,7 @@ def test_dask_scheduler_path_matches_in_process(mixed, tmp_path):
     with LocalCluster(n_workers=1, processes=False, threads_per_worker=2, dashboard_address=None) as cluster:
         summary = run(cfg_for(manifest, tmp_path / "dask.zarr", scheduler=cluster.scheduler_address, shards=3, part_clips=2))
     assert summary["extracted"] == len(MIXED) + 1
-    _assert_same(_features(tmp_path / "ref.zarr"), _features(tmp_path / "dask.zarr"))
+    assert_same_contents(cache_contents(tmp_path / "ref.zarr"), cache_contents(tmp_path / "dask.zarr"))
     parts = FeatureCache.open(tmp_path / "dask.zarr").parts
     assert len(parts) >= 3  # every shard wrote its own parts
 
@@ -273,7 +264,7 @@ def test_two_worker_processes_match_in_process(mixed, tmp_path):
     run(cfg_for(manifest, tmp_path / "ref.zarr"))
     summary = run(cfg_for(manifest, tmp_path / "mp.zarr", devices=("cpu", "cpu"), part_clips=2))
     assert summary["extracted"] == len(MIXED) + 1
-    _assert_same(_features(tmp_path / "ref.zarr"), _features(tmp_path / "mp.zarr"))
+    assert_same_contents(cache_contents(tmp_path / "ref.zarr"), cache_contents(tmp_path / "mp.zarr"))
 
 
 def test_shards_are_disjoint_and_cover():
