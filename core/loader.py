@@ -20,13 +20,20 @@ without reading them (exact resume of a killed run).
 Reading: clips are read by offsets straight from the chunk files of the Zarr
 arrays (``_FlatArray``; uncompressed layouts, plain or sharded; compressed ones
 fall back to Zarr): one ``pread`` per clip and modality (~0.4 and ~0.75 MB at
-the paper's shapes) straight into the batch's padded float16 tensor.  Batches
-stay float16 as stored; ``Batch.to(device)`` casts to float32 after the move
-(free on a GPU; half the bytes to read, share between processes and copy).  While a batch is built the kernel is asked
-(``posix_fadvise WILLNEED``) to fetch the next batch's byte ranges, so cold
-reads overlap the work.  This avoids Zarr's per-call overhead, which capped the
-one-clip-at-a-time path at a few hundred clips/s.  Memory: one batch per worker
-plus the DataLoader's prefetch; the window is an order, not a buffer in memory.
+the paper's shapes) straight into the batch's padded float16 tensor.  This
+avoids Zarr's per-call overhead, which capped the one-clip-at-a-time path at a
+few hundred clips/s.  Batches stay float16 as stored; ``Batch.to(device)`` casts
+to float32 after the move (free on a GPU; half the bytes to read and copy).
+
+Memory that is written once per batch is reused (``_BufferPool``): on the bench
+machine, page faults on fresh memory cost more than the reads themselves (1-4 GB/s
+into new pages, ~20 GB/s into mapped ones).  A buffer returns to the pool only when
+no tensor uses it, so batches a caller keeps are never overwritten.  Without
+workers, batches are built by one background thread, up to ``prefetch_factor``
+(2) batches ahead: ``pread`` and the training step both release the GIL, so
+reading overlaps the step.  While a batch is built the kernel is asked
+(``posix_fadvise WILLNEED``) to fetch the next batch's byte ranges, so cold reads
+overlap too.  The shuffle window is an order, not a buffer in memory.
 
 Workers: batch k is built by DataLoader worker ``k % num_workers`` (an
 IterableDataset; each worker opens the cache itself, spawn context: forking
@@ -41,6 +48,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -78,9 +88,9 @@ class Batch:
         return Batch(
             self.clip_ids,
             self.sources,
-            self.video.to(device, non_blocking=non_blocking).to(dtype),
+            _cast(self.video.to(device, non_blocking=non_blocking), dtype),
             self.video_mask.to(device, non_blocking=non_blocking),
-            self.audio.to(device, non_blocking=non_blocking).to(dtype),
+            _cast(self.audio.to(device, non_blocking=non_blocking), dtype),
             self.audio_mask.to(device, non_blocking=non_blocking),
         )
 
@@ -359,39 +369,98 @@ def collate(
     return Batch(list(clip_ids), list(sources), video, video_mask, audio, audio_mask)
 
 
-def _padded(reader: _ClipReader, locs: np.ndarray, order: np.ndarray, modality: str, dim: int):
-    """(B, L, dim) float16 zero-padded and (B, L) mask for one modality of a batch.
-
-    Clips are read straight into the batch tensor (rows of full width are contiguous),
-    in storage order; no conversion here: the consumer casts after moving the batch.
-    """
+def _alloc_padded(reader: _ClipReader, locs: np.ndarray, modality: str, dim: int):
+    """Uninitialised (B, L, dim) float16 batch tensor, its lengths (B,) and (B, L) mask."""
     spans = [reader.span(int(pi), int(row), modality) for pi, row in locs]
     lengths = np.array([b - a for a, b in spans], dtype=np.int64)
     width = max(1, int(lengths.max(initial=0)))
     out = _empty_f16((len(locs), width, dim))
-    pad16 = out.numpy()
-    for i in order:  # storage order: sequential reads within a block
-        n = int(lengths[i])
-        reader.read_into(int(locs[i, 0]), int(locs[i, 1]), modality, pad16[i, :n])
-        pad16[i, n:] = 0
     mask = np.arange(width)[None, :] < lengths[:, None]
-    return out, torch.from_numpy(mask)
+    return out, lengths, torch.from_numpy(mask)
+
+
+class _BufferPool:
+    """Batch buffers reused once nothing refers to them any more.
+
+    Writing into freshly allocated memory costs a page fault per 4 KB page (and, when the
+    page cache fills RAM, reclaiming a page for each): on the 2-core bench machine that
+    capped the loader at 1-2 GB/s, against ~20 GB/s into memory already mapped. A batch
+    tensor is ``torch.from_numpy`` of a numpy view of a buffer, and the tensor (and every
+    tensor derived from its storage) keeps that view alive: a weak reference to the view
+    says whether the buffer is still in use. A batch the consumer keeps is therefore
+    never overwritten; it only stops that buffer's reuse.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep  # free buffers kept for reuse: a batch holds two (video, audio), four once cast
+        self._slots: list[tuple[np.ndarray, weakref.ref | None]] = []  # least recently used first
+        self._lock = threading.Lock()  # batches are built in a thread, cast in another
+
+    @staticmethod
+    def _free(slot) -> bool:
+        return slot[1] is None or slot[1]() is None
+
+    def view(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised array of ``shape`` in a buffer that nothing else uses."""
+        with self._lock:
+            return self._view(shape, dtype)
+
+    def _view(self, shape, dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        pick = next((i for i, slot in enumerate(self._slots)
+                     if self._free(slot) and nbytes <= slot[0].nbytes <= 2 * nbytes), None)
+        if pick is None:
+            buf = np.empty(nbytes + nbytes // 8, dtype=np.uint8)  # headroom: batch widths vary
+        else:
+            buf = self._slots.pop(pick)[0]
+        out = buf[:nbytes].view(dtype).reshape(shape)
+        free = [i for i, slot in enumerate(self._slots) if self._free(slot)]
+        drop = set(free[: max(0, len(free) - self.keep + 1)])
+        self._slots = [slot for i, slot in enumerate(self._slots) if i not in drop]
+        self._slots.append((buf, weakref.ref(out)))
+        return out
+
+
+_pool = _BufferPool()
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)``; on the CPU into a pooled buffer (a batch cast is ~2x its float16
+    size of fresh memory otherwise: page faults that cost more than reading the batch)."""
+    if x.dtype == dtype or x.device.type != "cpu" or dtype not in _NUMPY_DTYPES:
+        return x.to(dtype)
+    out = torch.from_numpy(_pool.view(tuple(x.shape), _NUMPY_DTYPES[dtype]))
+    return out.copy_(x)
 
 
 def _empty_f16(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float16 tensor; in a DataLoader worker, allocated in shared memory
-    so handing it to the main process costs no copy (a batch is ~75 MB)."""
+    """An uninitialised float16 tensor: in the main process a view of a reused buffer
+    (:class:`_BufferPool`); in a DataLoader worker, allocated in shared memory so handing
+    it to the main process costs no copy (a batch is ~75 MB)."""
+    nbytes = 2 * int(np.prod(shape))
     if torch.utils.data.get_worker_info() is None:
-        return torch.from_numpy(np.empty(shape, dtype=np.float16))
-    storage = torch.UntypedStorage._new_shared(2 * int(np.prod(shape)))
+        return torch.from_numpy(_pool.view(shape, np.float16))
+    storage = torch.UntypedStorage._new_shared(nbytes)
     return torch.empty(0, dtype=torch.float16).set_(storage, 0, shape)
 
 
 def _build_batch(reader: _ClipReader, locs: np.ndarray, clip_ids, sources) -> Batch:
-    """Read the clips at ``locs`` (B, 2) = (part, row) into a Batch, in the given order."""
-    order = np.lexsort((locs[:, 1], locs[:, 0]))
-    video, video_mask = _padded(reader, locs, order, VIDEO, reader.video_dim)
-    audio, audio_mask = _padded(reader, locs, order, AUDIO, reader.audio_dim)
+    """Read the clips at ``locs`` (B, 2) = (part, row) into a Batch, in the given order.
+
+    Clips are read straight into the batch tensors (rows of full width are contiguous), in
+    storage order (sequential reads within a block), float16 as stored: the consumer
+    casts after moving the batch. (Reading with 2 threads was measured no faster on
+    2 cores: the copies from the page cache share one memory bandwidth.)
+    """
+    video, v_len, video_mask = _alloc_padded(reader, locs, VIDEO, reader.video_dim)
+    audio, a_len, audio_mask = _alloc_padded(reader, locs, AUDIO, reader.audio_dim)
+    v16, a16 = video.numpy(), audio.numpy()
+    for i in np.lexsort((locs[:, 1], locs[:, 0])):
+        pi, row = int(locs[i, 0]), int(locs[i, 1])
+        for out, n, modality in ((v16, int(v_len[i]), VIDEO), (a16, int(a_len[i]), AUDIO)):
+            reader.read_into(pi, row, modality, out[i, :n])
+            out[i, n:] = 0
     return Batch(list(clip_ids), list(sources), video, video_mask, audio, audio_mask)
 
 
@@ -500,9 +569,10 @@ class TrainLoader:
 
 
 def _run_plan(plan: _BatchPlan, num_workers: int, prefetch_factor: int) -> Iterator[Batch]:
-    if num_workers <= 0 or len(plan.batches) == 0:
-        for _, batch in plan:
-            yield batch
+    if len(plan.batches) == 0:
+        return
+    if num_workers <= 0:
+        yield from _in_thread(iter(plan), prefetch_factor)
         return
     workers = min(num_workers, len(plan.batches))
     dl = torch.utils.data.DataLoader(
@@ -517,6 +587,54 @@ def _run_plan(plan: _BatchPlan, num_workers: int, prefetch_factor: int) -> Itera
             expected += 1
     if pending:
         raise RuntimeError(f"loader lost batches before {min(pending)}")
+
+
+def _in_thread(batches: Iterator[tuple[int, Batch]], ahead: int) -> Iterator[Batch]:
+    """Build batches in a background thread, up to ``ahead`` ready: reading (``pread``)
+    and the consumer's step both release the GIL, so they overlap. Errors are re-raised
+    here; leaving the loop early stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for _, batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                del batch  # the queue holds the only reference: its buffers can be reused
+                if stop.is_set():
+                    return
+            item = done
+        except BaseException as e:  # handed to the consumer
+            item = e
+        finally:
+            batches.close()
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="scav-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            del item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def make_train_loader(cache_path, split, batch_size, *, seed: int, epoch: int = 0, start_batch: int = 0,

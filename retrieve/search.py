@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("agg", "seq", "hybrid")
 DIRECTIONS = ("a2v", "v2a")
+RERANK_MODES = ("auto", "sampled", "union", "gather")
 
 
 # ----------------------------------------------------------------------------- latent store
@@ -209,57 +211,80 @@ class SeqDistance:
 
 
     def rerank(self, q, q_mask, c, c_mask, query_is_video: bool) -> torch.Tensor:
-        """Each query against its own candidates: q (n, Lq, C), q_mask (n, Lq),
-        c (n, k, Lc, C), c_mask (n, k, Lc) -> (n, k) distances.
-
-        Interpolated Euclidean: where one target length serves a query's whole row (the
-        target side is the query, or all its candidates share one length) the row is one
-        batched matrix product, |s|^2 + |t|^2 - 2 s.t, as in :meth:`matrix`; otherwise
-        per pair (:meth:`paired`).
-        """
+        """Each query against its own candidates, pair by pair (any distance):
+        q (n, Lq, C), q_mask (n, Lq), c (n, k, Lc, C), c_mask (n, k, Lc) -> (n, k)."""
         n, k = c.shape[:2]
-        if self.name == "euclidean":
-            from scav.train.distances import interpolate_to_length, valid_lengths
-
-            query_is_target = query_is_video != (self.direction == "v2a")
-            out = torch.empty(n, k, dtype=q.dtype, device=q.device)
-            if query_is_target:
-                q_len = valid_lengths(q_mask)
-                groups = [(int(length), (q_len == length).nonzero(as_tuple=True)[0]) for length in torch.unique(q_len)]
-            else:
-                c_len = valid_lengths(c_mask.reshape(n * k, -1)).view(n, k)
-                if not bool((c_len == c_len[:, :1]).all()):
-                    groups = None
-                else:
-                    row_len = c_len[:, 0]
-                    groups = [(int(length), (row_len == length).nonzero(as_tuple=True)[0])
-                              for length in torch.unique(row_len)]
-            if groups is not None:
-                for length, rows in groups:
-                    g = len(rows)
-                    if g == n:  # one group (the usual case): no gather copy
-                        qs, qms, cs, cms = q, q_mask, c, c_mask
-                    else:
-                        qs, qms, cs, cms = q[rows], q_mask[rows], c[rows], c_mask[rows]
-                    cs, cms = cs.reshape(g * k, *c.shape[2:]), cms.reshape(g * k, -1)
-                    if query_is_target:  # candidates resampled to the query's length
-                        t = qs[:, :length].reshape(g, 1, -1)
-                        src = _resampled(cs, cms, length, interpolate_to_length).reshape(g, k, -1)
-                    else:  # the query resampled to its candidates' common length
-                        t = _resampled(qs, qms, length, interpolate_to_length).reshape(g, 1, -1)
-                        src = cs[:, :length].reshape(g, k, -1)
-                    cross = torch.bmm(src, t.transpose(1, 2)).squeeze(2)  # (g, k)
-                    sq = torch.linalg.vector_norm(src, dim=-1).square()  # a reduction: no (g, k, L*C) temporary
-                    d = sq + (t * t).sum(-1) - 2.0 * cross
-                    out[rows] = d.clamp_min(0.0) / length
-                return out
-        # per pair: repeat each query k times
         qr = q.repeat_interleave(k, dim=0)
         qmr = q_mask.repeat_interleave(k, dim=0)
         cf, cmf = c.reshape(n * k, *c.shape[2:]), c_mask.reshape(n * k, -1)
         if query_is_video:
             return self.paired(qr, qmr, cf, cmf).view(n, k)
         return self.paired(cf, cmf, qr, qmr).view(n, k)
+
+    def sampled(self, q, q_mask, c, c_mask, rows, cols, query_is_video: bool) -> torch.Tensor:
+        """Interpolated Euclidean of the pairs (q[rows[p]], c[cols[p]]) -> (P,).
+
+        The same ``(|s|^2 + |t|^2 - 2 s.t) / L`` as :meth:`matrix`, grouped by target
+        length L, but only the P cross terms are computed: a sampled matrix product
+        (``torch.sparse.sampled_addmm``, one dot product per pair, reading the sequences
+        in place). Nothing of size P x L x C is built, so re-ranking k of N costs about
+        k / N of a full product instead of a gather of P candidate copies.
+        """
+        if self.name != "euclidean":
+            raise ValueError(f"sampled distances are for the interpolated Euclidean, not {self.name}")
+        from scav.train.distances import valid_lengths
+
+        if query_is_video != (self.direction == "v2a"):  # the query is the target side
+            tgt, tgt_mask, t_idx, src, src_mask, s_idx = q, q_mask, rows, c, c_mask, cols
+        else:
+            tgt, tgt_mask, t_idx, src, src_mask, s_idx = c, c_mask, cols, q, q_mask, rows
+        out = torch.empty(len(rows), dtype=q.dtype, device=q.device)
+        pair_len = valid_lengths(tgt_mask)[t_idx]
+        for length in torch.unique(pair_len).tolist():
+            p = (pair_len == length).nonzero(as_tuple=True)[0]
+            s, s_loc = _flat_at_length(src, src_mask, s_idx[p], length, resample=True)  # (ms, L*C)
+            t, t_loc = _flat_at_length(tgt, tgt_mask, t_idx[p], length, resample=False)  # (mt, L*C)
+            cross = _sampled_dots(s, t, s_loc, t_loc)
+            # squared norms as reductions (no temporary of the operand's size)
+            sq_s = torch.linalg.vector_norm(s, dim=1).square()
+            sq_t = torch.linalg.vector_norm(t, dim=1).square()
+            out[p] = (sq_s[s_loc] + sq_t[t_loc] - 2.0 * cross).clamp_min(0.0) / length
+        return out
+
+
+def _flat_at_length(x, mask, idx, length: int, resample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequences ``idx`` of x at ``length`` steps (valid part resampled if ``resample``,
+    else cut) as a (m, length * C) matrix, and each entry of idx's row in it.
+
+    When x already is at that length it is used in place (a view, rows = idx): copying the
+    needed rows out would cost more than the sampled product itself.
+    """
+    from scav.train.distances import interpolate_to_length
+
+    if x.shape[1] == length and bool(mask.all()):
+        return x.reshape(x.shape[0], -1), idx
+    rows, loc = torch.unique(idx, return_inverse=True)
+    xs, ms = x[rows], mask[rows]
+    xs = _resampled(xs, ms, length, interpolate_to_length) if resample else xs[:, :length]
+    return xs.reshape(len(rows), -1), loc
+
+
+def _sampled_dots(s: torch.Tensor, t: torch.Tensor, s_loc: torch.Tensor, t_loc: torch.Tensor) -> torch.Tensor:
+    """(P,) dot products s[s_loc[p]] . t[t_loc[p]] (distinct pairs) via a sampled matmul."""
+    n_s, n_t = s.shape[0], t.shape[0]
+    order = torch.argsort(s_loc * n_t + t_loc)  # CSR: by row, columns ascending
+    crow = torch.zeros(n_s + 1, dtype=torch.int64, device=s.device)
+    crow[1:] = torch.cumsum(torch.bincount(s_loc, minlength=n_s), 0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": it is, and tested here
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            crow, t_loc[order], torch.zeros(len(order), dtype=s.dtype, device=s.device),
+            size=(n_s, n_t), check_invariants=False,
+        )
+        vals = torch.sparse.sampled_addmm(pattern, s.contiguous(), t.contiguous().T, beta=0.0).values()
+    out = torch.empty_like(vals)
+    out[order] = vals
+    return out
 
 
 def _equal_length_euclidean(video, video_mask, audio, audio_mask) -> torch.Tensor | None:
@@ -337,6 +362,23 @@ def _stream_ranks(
     return ranks
 
 
+def rank_keys(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """int64 keys that order (score desc, index asc) as plain integers, larger = ahead.
+
+    The float32 score's bits made monotone (flip the magnitude bits of negatives) in the
+    high 32 bits, the complement of the candidate index in the low 32: one ``topk`` over
+    the keys is then the stable ranking order, ties included, with no sort.
+    """
+    bits = (scores.float() + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 ties +0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+    return (ordered << 32) | (0xFFFFFFFF - index)
+
+
+def key_index(keys: torch.Tensor) -> torch.Tensor:
+    """The candidate index back from :func:`rank_keys`."""
+    return 0xFFFFFFFF - (keys & 0xFFFFFFFF)
+
+
 class RunningTopK:
     """Per-query top-k candidate indices under the ranking order (score desc, index asc).
 
@@ -345,33 +387,37 @@ class RunningTopK:
     """
 
     def __init__(self, n_queries: int, k: int):
+        if n_queries and k >= 1 << 31:
+            raise ValueError("k too large")
         self.k = k
-        self.scores = torch.full((n_queries, 0), float("-inf"))
-        self.index = torch.zeros((n_queries, 0), dtype=torch.int64)
+        self.keys = torch.full((n_queries, 0), torch.iinfo(torch.int64).min, dtype=torch.int64)
+
+    @property
+    def index(self) -> torch.Tensor:
+        """(Q, k') int64 indices in ranking order (k' = min(k, candidates seen))."""
+        return key_index(self.keys)
 
     def update(self, qa: int, qb: int, ca: int, cb: int, s: torch.Tensor) -> None:
-        s = s.float().cpu()
-        idx = torch.arange(ca, cb).expand(qb - qa, -1)
-        old_s, old_i = self._rows(qa, qb)
-        all_s = torch.cat([old_s, s], dim=1)
-        all_i = torch.cat([old_i, idx], dim=1)
-        # lexicographic (score desc, index asc): stable sort by index, then stable by score
-        o = torch.sort(all_i, dim=1, stable=True).indices
-        all_s, all_i = all_s.gather(1, o), all_i.gather(1, o)
-        o = torch.sort(all_s, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self._store(qa, qb, all_s.gather(1, o), all_i.gather(1, o))
-
-    def _rows(self, qa, qb):
-        return self.scores[qa:qb], self.index[qa:qb]
-
-    def _store(self, qa, qb, s, i):
-        width = s.shape[1]
-        if self.scores.shape[1] < width:
-            pad = width - self.scores.shape[1]
-            self.scores = torch.cat([self.scores, torch.full((len(self.scores), pad), float("-inf"))], dim=1)
-            self.index = torch.cat([self.index, torch.full((len(self.index), pad), -1, dtype=torch.int64)], dim=1)
-        self.scores[qa:qb, :width] = s
-        self.index[qa:qb, :width] = i
+        if cb > 1 << 32:
+            raise ValueError("more than 2**32 candidates")
+        s = s.float().cpu() + 0.0
+        kk = min(self.k, s.shape[1])
+        # the block's own top kk by a plain topk; exact unless the kk-th score is tied with
+        # a score left out (then topk's pick among the ties is arbitrary): those rows are
+        # redone from the keys of the whole row
+        vals, pos = torch.topk(s, kk, dim=1)
+        keys = rank_keys(vals, ca + pos)
+        tied = ((s >= vals[:, -1:]).sum(1) > kk).nonzero(as_tuple=True)[0]
+        if len(tied):
+            full = rank_keys(s[tied], torch.arange(ca, cb).expand(len(tied), -1))
+            keys[tied] = torch.topk(full, kk, dim=1).values
+        both = torch.cat([self.keys[qa:qb], keys], dim=1)
+        top = torch.topk(both, min(self.k, both.shape[1]), dim=1, sorted=True).values
+        width = top.shape[1]
+        if self.keys.shape[1] < width:
+            pad = torch.full((len(self.keys), width - self.keys.shape[1]), torch.iinfo(torch.int64).min)
+            self.keys = torch.cat([self.keys, pad], dim=1)
+        self.keys[qa:qb, :width] = top
 
 
 # ----------------------------------------------------------------------------- the three methods
@@ -384,14 +430,14 @@ class SearchConfig:
     query_block: int = 1024
     candidate_chunk: int = 1024
     rerank_budget_mb: int = 256  # gathered candidates held at once while re-ranking
-    rerank: str = "auto"  # 'gather' | 'union' | 'auto' (see hybrid_rerank)
+    rerank: str = "auto"  # 'auto' | 'sampled' | 'union' | 'gather' (see hybrid_rerank)
     device: str = "cpu"
 
     def validate(self) -> None:
         if self.query_block < 1 or self.candidate_chunk < 1 or self.rerank_budget_mb < 1:
             raise ValueError("query_block, candidate_chunk and rerank_budget_mb must be >= 1")
-        if self.rerank not in ("auto", "gather", "union"):
-            raise ValueError(f"rerank must be 'auto', 'gather' or 'union', got {self.rerank!r}")
+        if self.rerank not in RERANK_MODES:
+            raise ValueError(f"rerank must be one of {RERANK_MODES}, got {self.rerank!r}")
 
 
 def _sides(video: Latents, audio: Latents, direction: str) -> tuple[Latents, Latents]:
@@ -462,9 +508,10 @@ def seq_search(
     return _stream_ranks(len(queries), len(candidates), cfg.query_block, cfg.candidate_chunk, score)
 
 
-# per candidate row: a gathered copy costs about as much as this many dot products
-# computed inside a matrix product (CPU: memory ~10 GB/s vs matmul ~100 GFLOP/s)
-_DOTS_PER_ROW_COPY = 32
+# a dot product of the sampled path costs about as much as this many dot products inside a
+# dense matrix product (measured by bench/bench_retrieval.py on CPU: 0.51 s for 1K x 100
+# sampled pairs vs 4.1 s for 1K x 10K dense ones at 62 x 512)
+_SAMPLED_DOT_COST = 12
 
 
 def hybrid_rerank(
@@ -481,35 +528,38 @@ def hybrid_rerank(
     A positive inside its top-k: 1 + #(top-k candidates with a smaller distance) +
     #(equal distance and smaller index). Outside: its agg rank (> k).
 
-    Two ways to get the n x k distances of a block of n queries, chosen per block
-    (``cfg.rerank='auto'``) by a cost estimate:
-    - gather: copy each query's k candidates and score them with a batched product
-      (n * k candidate rows copied; best for small k);
-    - union: score the block against the union U of its candidates with the same
-      (n x chunk) matrix products as seq, streamed over U in chunks, and pick the
-      needed entries (|U| rows copied, n * |U| dot products; best when the top-k
-      lists overlap, e.g. k = 1000 of 10 000).
+    The n x k distances of a block of n queries come from one of (``cfg.rerank``; 'auto'
+    picks per block by a cost estimate):
+    - sampled (interpolated Euclidean): only the n * k needed dot products, by a sampled
+      matrix product over the sorted union U of the block's candidates (best for small k);
+    - union: the same dense (n x chunk) products as seq over U, then the needed entries
+      picked (n * |U| dot products; best when the lists cover most of U, e.g. k = N, which
+      is therefore bit-for-bit seq);
+    - gather: each query's k candidates copied and scored pair by pair (any distance:
+      the one way for soft-DTW and Wasserstein, whose pairs share no matrix product).
     Every query is re-ranked (a real search does not know its positive).
     """
     n_q, k = agg_topk.shape
+    euclidean = distance.name == "euclidean"
+    if cfg.rerank == "sampled" and not euclidean:
+        raise ValueError(f"rerank='sampled' needs the interpolated Euclidean, not {distance.name}")
     ranks = agg_ranks.clone()
     row_bytes = max(int(candidates.lengths.max()), int(queries.lengths.max())) * candidates.dim * 4
     gather_sub = max(1, (cfg.rerank_budget_mb << 20) // max(1, row_bytes * k * 3))
-    for qa in range(0, n_q, cfg.query_block):
-        qb = min(qa + cfg.query_block, n_q)
+    for qa, qb in _chunks(n_q, cfg.query_block):
         idx = agg_topk[qa:qb]  # (n, k)
         union = torch.unique(idx)  # sorted
-        n = qb - qa
-        cost_union = len(union) * (1 + n / _DOTS_PER_ROW_COPY)
-        cost_gather = 2 * n * k
-        use_union = cfg.rerank == "union" or (cfg.rerank == "auto" and cost_union < cost_gather)
-        if use_union and distance.name == "euclidean":
-            d = _rerank_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg)
-        else:
+        mode = cfg.rerank
+        if mode == "auto":
+            dense_wins = (qb - qa) * len(union) < _SAMPLED_DOT_COST * idx.numel()
+            mode = ("union" if dense_wins else "sampled") if euclidean else "gather"
+        if mode == "gather":
             d = torch.cat([
                 _rerank_gather(queries, candidates, direction, distance, sa, min(sa + gather_sub, qb), agg_topk, cfg)
                 for sa in range(qa, qb, gather_sub)
             ])
+        else:
+            d = _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode)
         s = -d.cpu()
         positives = torch.arange(qa, qb)
         hit = idx == positives[:, None]  # (n, k)
@@ -524,7 +574,7 @@ def _rerank_gather(queries, candidates, direction, distance, qa, qb, agg_topk, c
     dev = torch.device(cfg.device)
     idx = agg_topk[qa:qb]
     n2, k = idx.shape
-    q, qm = queries.take(np.arange(qa, qb))
+    q, qm = queries.range(qa, qb)
     c, cm = candidates.take(idx.reshape(-1).numpy())
     c = c.view(n2, k, *c.shape[1:])
     cm = cm.view(n2, k, -1)
@@ -532,26 +582,33 @@ def _rerank_gather(queries, candidates, direction, distance, qa, qb, agg_topk, c
         return distance.rerank(q.to(dev), qm.to(dev), c.to(dev), cm.to(dev), query_is_video=direction == "v2a")
 
 
-def _rerank_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg) -> torch.Tensor:
-    """(n, k) distances via (n x chunk) blocks over the sorted union of the block's candidates."""
+def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode) -> torch.Tensor:
+    """(n, k) distances, streamed over the sorted union of the block's candidates in
+    chunks of ``cfg.candidate_chunk``: dense blocks (mode 'union') or sampled pairs."""
     dev = torch.device(cfg.device)
-    q, qm = queries.take(np.arange(qa, qb))
+    q, qm = queries.range(qa, qb)
     q, qm = q.to(dev), qm.to(dev)
     where = torch.searchsorted(union, idx)  # (n, k) position of each candidate in the union
     out = torch.empty(idx.shape, dtype=torch.float32)
-    step = cfg.candidate_chunk
-    for ua in range(0, len(union), step):
-        ub = min(ua + step, len(union))
-        c, cm = candidates.take(union[ua:ub].numpy())
+    for ua, ub in _chunks(len(union), cfg.candidate_chunk):
+        lo, hi = int(union[ua]), int(union[ub - 1]) + 1
+        if hi - lo <= 2 * (ub - ua):  # dense enough: read the whole span in place, no gather
+            c, cm = candidates.range(lo, hi)
+            local_of = union[ua:ub] - lo
+        else:
+            c, cm = candidates.take(union[ua:ub].numpy())
+            local_of = torch.arange(ub - ua)
         c, cm = c.to(dev), cm.to(dev)
-        with torch.no_grad():
-            if direction == "v2a":
-                block = distance.matrix(q, qm, c, cm)
-            else:
-                block = distance.matrix(c, cm, q, qm).T
         sel = (where >= ua) & (where < ub)
         rows, cols = sel.nonzero(as_tuple=True)
-        out[rows, cols] = block[rows.to(dev), (where[rows, cols] - ua).to(dev)].float().cpu()
+        local = local_of[where[rows, cols] - ua]
+        with torch.no_grad():
+            if mode == "sampled":
+                d = distance.sampled(q, qm, c, cm, rows.to(dev), local.to(dev), query_is_video=direction == "v2a")
+            else:
+                block = distance.matrix(q, qm, c, cm) if direction == "v2a" else distance.matrix(c, cm, q, qm).T
+                d = block[rows.to(dev), local.to(dev)]
+        out[rows, cols] = d.float().cpu()
     return out
 
 

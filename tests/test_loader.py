@@ -181,3 +181,57 @@ def test_byte_reader_matches_zarr_for_each_layout(tmp_path, layout, flat):
         assert any(fd is None for fd, *_ in video.pieces(0, video.rows))
     (batch,) = iter_eval_batches(tmp_path / "c.zarr", "train", batch_size=12)
     _check_against_cache(cache, batch)
+
+
+def test_buffer_pool_reuses_a_buffer_only_once_nothing_uses_it():
+    from scav.core.loader import _BufferPool
+
+    pool = _BufferPool(keep=2)
+    a = torch.from_numpy(pool.view((4, 5), np.float32))
+    pa = a.data_ptr()
+    b = torch.from_numpy(pool.view((4, 5), np.float32))
+    assert b.data_ptr() != pa  # a is alive
+    part_of_a = a[1:]
+    del a
+    c = torch.from_numpy(pool.view((4, 5), np.float32))
+    assert c.data_ptr() != pa  # a view of a's storage still uses it
+    del part_of_a
+    d = torch.from_numpy(pool.view((3, 6), np.float32))  # another shape of the same size class
+    assert d.data_ptr() == pa
+    del b, c, d
+    assert len(pool._slots) <= 3  # free buffers beyond `keep` are let go
+
+
+def test_loader_reuses_buffers_of_dropped_batches_and_never_of_kept_ones(cache_path):
+    cache = FeatureCache.open(cache_path)
+    kw = dict(seed=2, buffer_clips=16, block_clips=4)
+    ptrs = set()
+    for b in make_train_loader(cache_path, "train", 8, **kw):
+        ptrs.add(b.audio.data_ptr())
+        b32 = b.to("cpu")
+        ptrs.add(b32.audio.data_ptr())
+    assert len(ptrs) < 2 * 7  # buffers came back
+    kept = list(make_train_loader(cache_path, "train", 8, **kw))
+    kept32 = [b.to("cpu") for b in kept]
+    for b, b32 in zip(kept, kept32):  # nothing overwritten by later batches or casts
+        _check_against_cache(cache, b)
+        assert torch.equal(b32.video, b.video.float()) and torch.equal(b32.audio, b.audio.float())
+
+
+def test_reader_thread_errors_reach_the_consumer_and_stopping_early_ends_it(tmp_path, cache_path):
+    import shutil
+    import threading
+
+    before = threading.active_count()
+    it = iter(make_train_loader(cache_path, "train", 8, seed=0))
+    next(it)
+    it.close()  # leaving the loop early
+    assert threading.active_count() == before
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(cache_path, broken)
+    chunk = next(p for p in sorted(broken.rglob("c/*/0")) if "audio" in str(p) and p.stat().st_size > 8)
+    chunk.write_bytes(chunk.read_bytes()[:8])  # truncated chunk file
+    with pytest.raises(CacheError, match="short read"):
+        for _ in make_train_loader(broken, "train", 8, seed=0, shuffle=False):
+            pass
+    assert threading.active_count() == before

@@ -13,6 +13,8 @@ from scav.retrieve.search import (
     SeqDistance,
     agg_search,
     hybrid_rerank,
+    key_index,
+    rank_keys,
     retrieve,
     seq_search,
 )
@@ -106,18 +108,32 @@ def test_agg_streaming_with_ties_equals_full_matrix():
         assert topk.numpy().tolist() == order.tolist()
 
 
-def test_running_topk_any_block_order():
+@pytest.mark.parametrize("k", [1, 3, 7, 20])
+def test_running_topk_any_block_order(k):
     g = torch.Generator().manual_seed(7)
-    s = torch.randint(0, 3, (5, 20), generator=g).float()
-    tk = RunningTopK(5, 7)
+    # many ties, negatives, -0.0 against +0.0 (equal scores), infinities
+    values = torch.tensor([-float("inf"), -2.5, -1.0, -0.0, 0.0, 0.5, 3.0, float("inf")])
+    s = values[torch.randint(0, len(values), (6, 20), generator=g)]
+    s[5] = torch.randn(20, generator=g)  # and one row without ties
+    tk = RunningTopK(6, k)
     blocks = [(12, 20), (0, 5), (5, 12)]  # out of order on purpose
     for a, b in blocks:
-        tk.update(0, 5, a, b, s[:, a:b])
-    want = np.argsort(-s.numpy(), axis=1, kind="stable")[:, :7]
+        tk.update(0, 6, a, b, s[:, a:b])
+    want = np.argsort(-(s.numpy() + 0.0), axis=1, kind="stable")[:, :k]
     assert tk.index.numpy().tolist() == want.tolist()
 
 
-@pytest.mark.parametrize("rerank", ["gather", "union"])
+def test_rank_keys_order_like_stable_sort():
+    g = torch.Generator().manual_seed(8)
+    s = torch.randn(500, generator=g) * torch.logspace(-30, 30, 500)  # tiny to huge, both signs
+    s[::7] = s[3]  # ties
+    keys = rank_keys(s, torch.arange(500))
+    order = torch.argsort(keys, descending=True)
+    assert order.tolist() == np.argsort(-s.numpy(), kind="stable").tolist()
+    assert torch.equal(key_index(keys), torch.arange(500))
+
+
+@pytest.mark.parametrize("rerank", ["gather", "union", "sampled", "auto"])
 @pytest.mark.parametrize("uniform", [False, True])
 def test_hybrid_extremes_equal_seq_and_agg(uniform, rerank):
     (v, vm), (a, am) = make_pair(n=19, uniform=uniform, seed=3)
@@ -135,7 +151,24 @@ def test_hybrid_extremes_equal_seq_and_agg(uniform, rerank):
         assert not torch.equal(seq_r, agg_r)  # the two extremes differ: the checks bite
 
 
-@pytest.mark.parametrize("rerank", ["gather", "union", "auto"])
+def naive_hybrid_ranks(q, c, d_queries_by_candidates, k):
+    """Per query: sort by agg (cosine desc, index asc), re-rank the top k by distance."""
+    qe = F.normalize(torch.from_numpy(q.emb).double(), dim=-1)
+    ce = F.normalize(torch.from_numpy(c.emb).double(), dim=-1)
+    sims = (qe @ ce.T).float().numpy()
+    dd = d_queries_by_candidates.numpy()
+    want = []
+    for i in range(len(q)):
+        order = sorted(range(len(c)), key=lambda j: (-sims[i, j], j))
+        top = order[:k]
+        if i in top:
+            want.append(sorted(top, key=lambda j: (dd[i, j], j)).index(i) + 1)
+        else:
+            want.append(order.index(i) + 1)
+    return torch.tensor(want)
+
+
+@pytest.mark.parametrize("rerank", ["gather", "union", "sampled", "auto"])
 def test_hybrid_middle_k_vs_naive(rerank):
     (v, vm), (a, am) = make_pair(n=17, seed=9)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
@@ -146,19 +179,55 @@ def test_hybrid_middle_k_vs_naive(rerank):
     for direction in ("a2v", "v2a"):
         q, c = (audio, video) if direction == "a2v" else (video, audio)
         got = retrieve(video, audio, ("hybrid",), k, dist, cfg, (direction,))[direction].ranks["hybrid"]
-        qe = F.normalize(torch.from_numpy(q.emb), dim=-1)
-        ce = F.normalize(torch.from_numpy(c.emb), dim=-1)
-        sims = (qe @ ce.T).numpy()
-        dd = (d if direction == "v2a" else d.T).numpy()
-        for i in range(len(q)):
-            order = sorted(range(len(c)), key=lambda j: (-sims[i, j], j))
-            top = order[:k]
-            if i in top:
-                rr = sorted(top, key=lambda j: (dd[i, j], j))
-                want = rr.index(i) + 1
-            else:
-                want = order.index(i) + 1
-            assert got[i] == want, (direction, i)
+        assert torch.equal(got, naive_hybrid_ranks(q, c, d if direction == "v2a" else d.T, k)), direction
+
+
+@pytest.mark.parametrize("rerank", ["union", "sampled"])
+def test_hybrid_sparse_union_vs_naive(rerank):
+    """Few queries, small k, many candidates: the union chunks are scattered (gathered,
+    not read as one span), and queries of one block have different target lengths."""
+    (v, vm), (a, am) = make_pair(n=40, seed=17)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    cfg = SearchConfig(query_block=3, candidate_chunk=2, rerank=rerank)
+    for dist_direction in ("v2a", "a2v"):
+        dist = SeqDistance("euclidean", dist_direction)
+        d = naive_distance(v, vm, a, am, dist_direction)
+        q = audio.head(7)
+        # agg embeddings that point at the positive, so it is re-ranked inside its top 3
+        near = video.emb[:7] + 0.3 * np.random.default_rng(0).standard_normal(video.emb[:7].shape)
+        q = Latents(q.seq, q.offsets, near.astype(np.float32))
+        got = hybrid_rerank(q, video, "a2v", dist, *agg_search(q, video, cfg, k=3), cfg)
+        assert torch.equal(got, naive_hybrid_ranks(q, video, d.T[:7], 3)), dist_direction
+        assert (got <= 3).sum() >= 5  # the check bites: most positives are re-ranked
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("direction", ["v2a", "a2v"])
+def test_sampled_pairs_equal_naive_distance(direction, uniform):
+    (v, vm), (a, am) = make_pair(n=11, uniform=uniform, seed=4)
+    d = naive_distance(v, vm, a, am, direction)  # (video, audio)
+    dist = SeqDistance("euclidean", direction)
+    g = torch.Generator().manual_seed(2)
+    rows, cols = torch.randint(0, 11, (40,), generator=g), torch.randint(0, 11, (40,), generator=g)
+    keep = torch.unique(rows * 11 + cols)  # distinct pairs, as in a top-k list
+    rows, cols = keep // 11, keep % 11
+    perm = torch.randperm(len(rows), generator=g)  # any order, not CSR order
+    rows, cols = rows[perm], cols[perm]
+    # queries = video (rows index video), then queries = audio
+    got_v = dist.sampled(v, vm, a, am, rows, cols, query_is_video=True)
+    got_a = dist.sampled(a, am, v, vm, cols, rows, query_is_video=False)
+    torch.testing.assert_close(got_v.double(), d[rows, cols], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_a.double(), d[rows, cols], rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_rerank_needs_euclidean():
+    (v, vm), (a, am) = make_pair(n=6, c=3)
+    video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
+    cfg = SearchConfig(rerank="sampled")
+    with pytest.raises(ValueError, match="sampled"):
+        hybrid_rerank(audio, video, "a2v", SeqDistance("soft_dtw"), *agg_search(audio, video, cfg, k=2), cfg)
+    with pytest.raises(ValueError, match="rerank must be"):
+        SearchConfig(rerank="fast").validate()
 
 
 def test_memmap_store_same_ranks(tmp_path):
