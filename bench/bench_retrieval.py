@@ -14,7 +14,7 @@ Also measured in the same run:
   fraction of it our seq method reaches, counting the FLOPs of the cross term only
   (2 * Q * N * L * c).
 
-    python bench/bench_retrieval.py                 # full size (CPU), ~1-2 min on 16 cores
+    python bench/bench_retrieval.py                 # full size (CPU), ~35 s on 2 cores
     python bench/bench_retrieval.py --device cuda
     python bench/bench_retrieval.py --quick         # tiny smoke run
 """

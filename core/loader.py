@@ -153,14 +153,27 @@ def epoch_order(
 _MISSING = np.uint64(2**64 - 1)  # shard index entry of a chunk that was never written
 
 
+def _fd_limit() -> int:
+    """Chunk files kept open per reader: a 20k-clip cache has ~6,000 of them, and reopening
+    costs more than the read. A quarter of the soft limit, at most 512."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    soft = 1024 if soft == -1 else soft  # RLIM_INFINITY
+    return max(16, min(512, soft // 4))
+
+
 class _OpenFiles:
     """Read-only file descriptors by path, at most ``limit`` open (a cache has many chunk files)."""
 
-    def __init__(self, limit: int = 128):
-        self.limit = limit
-        self._fds: OrderedDict[Path, int] = OrderedDict()
+    def __init__(self, limit: int | None = None):
+        self.limit = limit or _fd_limit()
+        self._fds: OrderedDict[str, int] = OrderedDict()
 
-    def get(self, path: Path) -> int | None:
+    def get(self, path: str) -> int | None:
         """The open fd of ``path``, or None if the file does not exist (an unwritten chunk)."""
         fd = self._fds.get(path)
         if fd is None:
@@ -202,6 +215,7 @@ class _FlatArray:
         self.shard_rows = shard_rows
         self.index_at_end, self.index_crc = index_at_end, index_crc
         self._index: dict[int, np.ndarray | None] = {}
+        self._paths: dict[int, str] = {}
 
     @classmethod
     def open(cls, root: Path, fds: "_OpenFiles | None" = None) -> "_FlatArray | None":
@@ -235,7 +249,10 @@ class _FlatArray:
         return None
 
     def _fd(self, key: int) -> int | None:
-        return self.fds.get(self.root / "c" / str(key) / "0")
+        path = self._paths.get(key)
+        if path is None:  # a str, built once: pathlib per read cost as much as the read
+            path = self._paths[key] = str(self.root / "c" / str(key) / "0")
+        return self.fds.get(path)
 
     def _shard_index(self, s: int) -> np.ndarray | None:
         if s not in self._index:
@@ -292,8 +309,8 @@ class _ClipReader:
     Uncompressed arrays are read with ``pread`` from their files; others through Zarr.
     """
 
-    def __init__(self, cache_path: str, track: int, fast: bool = True):
-        self.cache = FeatureCache.open(cache_path)
+    def __init__(self, cache_path: str, track: int, fast: bool = True, cache: FeatureCache | None = None):
+        self.cache = cache if cache is not None else FeatureCache.open(cache_path)
         self.track = track
         self.fast = fast
         self.video_dim = self._dim(VIDEO)
@@ -471,8 +488,9 @@ class _BatchPlan(torch.utils.data.IterableDataset):
     """Builds the planned batches; in a DataLoader worker w builds batches k % n == w."""
 
     def __init__(self, cache_path: str, track: int, locs: np.ndarray, clip_ids: list[str],
-                 sources: list[str], batches: list[np.ndarray], first_batch: int):
+                 sources: list[str], batches: list[np.ndarray], first_batch: int, cache: FeatureCache | None = None):
         self.cache_path = cache_path
+        self.cache = cache  # the open cache, reused in this process; workers open their own
         self.track = track
         self.locs = locs
         self.clip_ids = clip_ids
@@ -481,10 +499,13 @@ class _BatchPlan(torch.utils.data.IterableDataset):
         self.first_batch = first_batch  # global index of batches[0]
         self.fast = True  # False: read through Zarr only (reference path for tests)
 
+    def __getstate__(self) -> dict:  # sent to spawned workers: without the open cache
+        return {**self.__dict__, "cache": None}
+
     def __iter__(self) -> Iterator[tuple[int, Batch]]:
         info = torch.utils.data.get_worker_info()
         wid, n = (0, 1) if info is None else (info.id, info.num_workers)
-        reader = _ClipReader(self.cache_path, self.track, fast=self.fast)
+        reader = _ClipReader(self.cache_path, self.track, fast=self.fast, cache=self.cache if info is None else None)
         mine = range(wid, len(self.batches), n)
         try:
             for j, k in enumerate(mine):
@@ -498,6 +519,12 @@ class _BatchPlan(torch.utils.data.IterableDataset):
                 )
         finally:
             reader.close()
+
+
+def _as_cache(cache: "str | os.PathLike | FeatureCache") -> FeatureCache:
+    """An open cache, or a path to open (opening parses every part's clip table: a caller
+    that loads many epochs or validates often passes the open cache)."""
+    return cache if isinstance(cache, FeatureCache) else FeatureCache.open(cache)
 
 
 def _select(cache: FeatureCache, split: str | None, clip_ids: list[str] | None):
@@ -529,8 +556,8 @@ class TrainLoader:
             raise CacheError(f"batch_size must be >= 1, got {batch_size}")
         if start_batch < 0:
             raise CacheError(f"start_batch must be >= 0, got {start_batch}")
-        self.cache_path = str(cache_path)
-        cache = FeatureCache.open(cache_path)
+        cache = _as_cache(cache_path)
+        self.cache, self.cache_path = cache, str(cache.path)
         self.locs, self.clip_ids, self.sources = _select(cache, split, clip_ids)
         n = len(self.locs)
         if n == 0:
@@ -564,7 +591,7 @@ class TrainLoader:
     def __iter__(self) -> Iterator[Batch]:
         batches = self.batch_indices()[self.start_batch :]
         plan = _BatchPlan(self.cache_path, self.track, self.locs, self.clip_ids, self.sources,
-                          batches, self.start_batch)
+                          batches, self.start_batch, self.cache)
         yield from _run_plan(plan, self.num_workers, self.prefetch_factor)
 
 
@@ -643,6 +670,8 @@ def make_train_loader(cache_path, split, batch_size, *, seed: int, epoch: int = 
                       block_clips: int = DEFAULT_BLOCK_CLIPS) -> TrainLoader:
     """Shuffled batches of one epoch (order: module docstring). Call once per epoch.
 
+    ``cache_path``: the cache's path, or the open :class:`FeatureCache` (saves re-reading
+    its clip table each epoch).
     ``clip_ids`` restricts to a subset of the split; ``start_batch`` skips the first
     batches of the epoch without reading them. Raises CacheError for an empty split
     or a batch larger than the split with ``drop_last``.
@@ -654,11 +683,12 @@ def make_train_loader(cache_path, split, batch_size, *, seed: int, epoch: int = 
 
 def iter_eval_batches(cache_path, split: str | None = None, clip_ids: list[str] | None = None,
                       batch_size: int = 64, track: int = 0) -> Iterator[Batch]:
-    """Batches in cache order (deterministic); the last batch may be short."""
+    """Batches in cache order (deterministic); the last batch may be short.
+    ``cache_path``: a path or an open :class:`FeatureCache`."""
     if batch_size < 1:
         raise CacheError(f"batch_size must be >= 1, got {batch_size}")
-    cache = FeatureCache.open(cache_path)
+    cache = _as_cache(cache_path)
     locs, ids, sources = _select(cache, split, clip_ids)
     batches = [np.arange(a, min(a + batch_size, len(locs))) for a in range(0, len(locs), batch_size)]
-    plan = _BatchPlan(str(cache_path), track, locs, ids, sources, batches, 0)
+    plan = _BatchPlan(str(cache.path), track, locs, ids, sources, batches, 0, cache)
     yield from _run_plan(plan, 0, 2)

@@ -14,7 +14,9 @@ timing of 1K queries against 10K candidates). Directions:
 - **hybrid**: the top ``k`` candidates of each query by agg, re-ranked by seq.
   A positive outside its query's top ``k`` keeps its agg rank (which is > k): that is
   where a user would find it, below the ``k`` re-ranked ones. So hybrid with k = N is
-  seq and hybrid with k = 1 is agg.
+  seq and hybrid with k = 1 is agg. Re-ranking computes only the k distances a query
+  needs (a sampled matrix product, :meth:`SeqDistance.sampled`), or, when the top-k
+  lists cover most candidates, dense blocks as seq does (see :func:`hybrid_rerank`).
 
 Memory is bounded by the block sizes, not by the split: candidates are read chunk by
 chunk from a :class:`Latents` store (RAM or ``np.memmap``), and per query only the rank

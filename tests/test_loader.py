@@ -113,7 +113,8 @@ def test_start_batch_resumes_the_same_epoch_exactly(cache_path):
 def test_two_workers_give_identical_batches(cache_path):
     kw = dict(seed=7, epoch=1, start_batch=1, buffer_clips=16, block_clips=4, drop_last=False)
     ref = list(make_train_loader(cache_path, "train", 8, **kw))
-    par = list(make_train_loader(cache_path, "train", 8, num_workers=2, **kw))
+    # the open cache may be passed instead of its path; workers open their own
+    par = list(make_train_loader(FeatureCache.open(cache_path), "train", 8, num_workers=2, **kw))
     assert len(ref) == len(par) == 7
     for a, b in zip(ref, par):
         assert a.clip_ids == b.clip_ids and a.sources == b.sources

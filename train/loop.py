@@ -122,11 +122,12 @@ def random_crop(batch: Batch, fps: list[float], seconds: float, gen: torch.Gener
     return Batch(batch.clip_ids, batch.sources, pad(vids, batch_first=True), vm, pad(auds, batch_first=True), am)
 
 
-def batch_stream(cfg: TrainConfig, state: TrainState, clip_ids: list[str]) -> Iterator[Batch]:
-    """Endless batches from ``state``'s position (epoch, batch_in_epoch)."""
+def batch_stream(cfg: TrainConfig, state: TrainState, clip_ids: list[str], cache=None) -> Iterator[Batch]:
+    """Endless batches from ``state``'s position (epoch, batch_in_epoch); ``cache``: the
+    open FeatureCache of ``cfg.cache`` if the caller has it."""
     while True:
         loader = make_train_loader(
-            cfg.cache, cfg.split, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
+            cache if cache is not None else cfg.cache, cfg.split, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
             start_batch=state.batch_in_epoch, clip_ids=clip_ids, num_workers=cfg.num_workers,
         )
         it = iter(loader)
@@ -158,11 +159,13 @@ def recall_at_1(score: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def validate(model: SCAVModel, cfg: TrainConfig, val_ids: list[str], device: torch.device) -> dict[str, float]:
+def validate(model: SCAVModel, cfg: TrainConfig, val_ids: list[str], device: torch.device,
+             cache=None) -> dict[str, float]:
     """R@1 both directions with aggregation (cosine of means) and sequence retrieval."""
     model.eval()
     vs, vms, as_, ams, ve, ae = [], [], [], [], [], []
-    for b in iter_eval_batches(cfg.cache, split=cfg.split, clip_ids=val_ids, batch_size=64):
+    for b in iter_eval_batches(cache if cache is not None else cfg.cache, split=cfg.split, clip_ids=val_ids,
+                               batch_size=64):
         b = b.to(device)
         out = model(b.video, b.video_mask, b.audio, b.audio_mask)
         for k in range(len(b)):
@@ -307,7 +310,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist: ddp.DistInfo) -> dict:
 
     bar = tqdm(total=cfg.steps, initial=state.step, disable=None if dist.is_main else True, dynamic_ncols=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    data = batch_stream(cfg, state, rank_ids)
+    data = batch_stream(cfg, state, rank_ids, cache)
     t_last, steps_since = time.perf_counter(), 0
     while state.step < cfg.steps:
         batch = next(data).to(device, non_blocking=True)
@@ -358,7 +361,7 @@ def _validate_and_keep(model, cfg, val_ids, device, state, metrics, out, cache) 
     """Validate, and keep the step's weights if it is among the keep_best best."""
     if not val_ids:
         return
-    val = validate(model, cfg, val_ids, device)
+    val = validate(model, cfg, val_ids, device, cache)
     score = selection_score(cfg, val)
     metrics.write({"event": "val", "step": state.step, **val, "score": score})
     log.info("step %d validation: %s", state.step, json.dumps(val))
