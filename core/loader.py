@@ -19,21 +19,25 @@ without reading them (exact resume of a killed run).
 
 Reading: clips are read by offsets straight from the chunk files of the Zarr
 arrays (``_FlatArray``; uncompressed layouts, plain or sharded; compressed ones
-fall back to Zarr): one ``pread`` per clip and modality (~0.4 and ~0.75 MB at
-the paper's shapes) straight into the batch's padded float16 tensor.  This
-avoids Zarr's per-call overhead, which capped the one-clip-at-a-time path at a
-few hundred clips/s.  Batches stay float16 as stored; ``Batch.to(device)`` casts
-to float32 after the move (free on a GPU; half the bytes to read and copy).
+fall back to Zarr): one memcpy per clip and modality (~0.4 and ~0.75 MB at the
+paper's shapes) from a read-only map of the chunk file straight into the batch's
+padded float16 tensor.  This avoids Zarr's per-call overhead, which capped the
+one-clip-at-a-time path at a few hundred clips/s.  The maps belong to the open
+cache (``_maps_for``) and outlive the epoch: from the second epoch on, warm
+reads are plain memcpys (on the bench VM ~3x what ``pread`` of the same
+page-cache bytes gave, which the loader used before).  Batches stay float16 as
+stored; ``Batch.to(device)`` casts to float32 after the move (free on a GPU;
+half the bytes to read and copy).
 
 Memory that is written once per batch is reused (``_BufferPool``): on the bench
-machine, page faults on fresh memory cost more than the reads themselves (1-4 GB/s
-into new pages, ~20 GB/s into mapped ones).  A buffer returns to the pool only when
-no tensor uses it, so batches a caller keeps are never overwritten.  Without
-workers, batches are built by one background thread, up to ``prefetch_factor``
-(2) batches ahead: ``pread`` and the training step both release the GIL, so
-reading overlaps the step.  While a batch is built the kernel is asked
-(``posix_fadvise WILLNEED``) to fetch the next batch's byte ranges, so cold reads
-overlap too.  The shuffle window is an order, not a buffer in memory.
+machine, page faults on fresh memory cost more than the reads themselves.  A
+buffer returns to the pool only when no tensor uses it, so batches a caller keeps
+are never overwritten.  Without workers, batches are built by one background
+thread, up to ``prefetch_factor`` (2) batches ahead: the copies and the training
+step both release the GIL, so reading overlaps the step.  While a batch is built
+the kernel is asked (``madvise WILLNEED``) to fetch the next batch's byte ranges,
+so cold reads overlap too (cold, the loader runs at the disk's rate).  The
+shuffle window is an order, not a buffer in memory.
 
 Workers: batch k is built by DataLoader worker ``k % num_workers`` (an
 IterableDataset; each worker opens the cache itself, spawn context: forking
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -153,48 +158,89 @@ def epoch_order(
 _MISSING = np.uint64(2**64 - 1)  # shard index entry of a chunk that was never written
 
 
-def _fd_limit() -> int:
-    """Chunk files kept open per reader: a 20k-clip cache has ~6,000 of them, and reopening
-    costs more than the read. A quarter of the soft limit, at most 512."""
+def _map_limit() -> int:
+    """Chunk files kept mapped per reader: a 20k-clip cache has ~6,300 of them and mapping
+    again costs the page faults again. A quarter of the kernel's map count limit, at most 16,384."""
     try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        soft = 1024
-    soft = 1024 if soft == -1 else soft  # RLIM_INFINITY
-    return max(16, min(512, soft // 4))
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+    except (OSError, ValueError):
+        limit = 65530  # Linux's default
+    return max(64, min(16384, limit // 4))
 
 
-class _OpenFiles:
-    """Read-only file descriptors by path, at most ``limit`` open (a cache has many chunk files)."""
+class _MappedFile:
+    """One chunk file mapped read-only: ``data`` (uint8 array over the map), ``madvise``."""
+
+    __slots__ = ("data", "_map")
+
+    def __init__(self, fd: int):
+        size = os.fstat(fd).st_size
+        self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        self.data = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
+
+    def will_need(self, offset: int, length: int) -> None:
+        if self._map is None or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        start = offset - offset % mmap.PAGESIZE  # madvise wants a page-aligned start
+        self._map.madvise(mmap.MADV_WILLNEED, start, min(len(self._map), offset + length) - start)
+
+
+class _MappedFiles:
+    """Read-only maps of chunk files by path, the ``limit`` most recently used kept.
+
+    Why maps and not ``pread``: once a page is mapped, reading it is a plain memcpy in
+    user space; on the bench VM that ran at 4.2-5.9 GB/s against 1.5-1.9 GB/s for
+    ``pread`` of the same page-cache bytes into a batch-sized buffer (same runs; see
+    bench_loader.py). Maps live as long as the open cache, so later epochs fault nothing in.
+    An evicted map is only dereferenced: arrays still viewing it keep it alive. The cache's
+    chunk files are written once and never modified (a file truncated under a live map
+    would raise SIGBUS on access, as for any mmap reader).
+    """
 
     def __init__(self, limit: int | None = None):
-        self.limit = limit or _fd_limit()
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self.limit = limit or _map_limit()
+        self._maps: OrderedDict[str, _MappedFile | None] = OrderedDict()
+        self._lock = threading.Lock()  # shared by the readers of one open cache (train + validation)
 
-    def get(self, path: str) -> int | None:
-        """The open fd of ``path``, or None if the file does not exist (an unwritten chunk)."""
-        fd = self._fds.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                fd = -1
-            self._fds[path] = fd
-            if len(self._fds) > self.limit:
-                _, old = self._fds.popitem(last=False)
-                if old >= 0:
-                    os.close(old)
+    def get(self, path: str) -> _MappedFile | None:
+        """The map of ``path``, or None if the file does not exist (an unwritten chunk)."""
+        with self._lock:
+            if path in self._maps:
+                self._maps.move_to_end(path)
+                return self._maps[path]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            m = None
         else:
-            self._fds.move_to_end(path)
-        return None if fd < 0 else fd
+            try:
+                m = _MappedFile(fd)
+            finally:
+                os.close(fd)  # the map holds its own reference to the file
+        with self._lock:
+            self._maps[path] = m
+            if len(self._maps) > self.limit:
+                self._maps.popitem(last=False)
+        return m
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            if fd >= 0:
-                os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            self._maps.clear()
+
+
+_maps_of_cache: "weakref.WeakKeyDictionary[FeatureCache, _MappedFiles]" = weakref.WeakKeyDictionary()
+_maps_lock = threading.Lock()
+
+
+def _maps_for(cache: FeatureCache) -> _MappedFiles:
+    """The maps of one open cache, shared by all its readers in this process (every epoch,
+    validation): they go when the cache object goes."""
+    with _maps_lock:
+        maps = _maps_of_cache.get(cache)
+        if maps is None:
+            maps = _maps_of_cache[cache] = _MappedFiles()
+        return maps
 
 
 class _FlatArray:
@@ -206,9 +252,9 @@ class _FlatArray:
     """
 
     def __init__(self, root: Path, shape, chunk_rows: int, shard_rows: int | None, index_at_end: bool,
-                 index_crc: bool, fds: "_OpenFiles"):
+                 index_crc: bool, files: "_MappedFiles"):
         self.root = root
-        self.fds = fds
+        self.files = files
         self.rows, self.dim = int(shape[0]), int(shape[1])
         self.row_bytes = 2 * self.dim
         self.chunk_rows = chunk_rows
@@ -218,8 +264,8 @@ class _FlatArray:
         self._paths: dict[int, str] = {}
 
     @classmethod
-    def open(cls, root: Path, fds: "_OpenFiles | None" = None) -> "_FlatArray | None":
-        fds = fds if fds is not None else _OpenFiles()
+    def open(cls, root: Path, files: "_MappedFiles | None" = None) -> "_FlatArray | None":
+        files = files if files is not None else _MappedFiles()
         try:
             meta = json.loads((root / "zarr.json").read_text())
         except (OSError, json.JSONDecodeError):
@@ -235,7 +281,7 @@ class _FlatArray:
         if codecs == raw:
             if outer[1] != shape[1]:
                 return None
-            return cls(root, shape, int(outer[0]), None, True, False, fds)
+            return cls(root, shape, int(outer[0]), None, True, False, files)
         if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
             cfg = codecs[0]["configuration"]
             inner = cfg["chunk_shape"]
@@ -245,36 +291,37 @@ class _FlatArray:
                     or cfg.get("index_codecs", [{}])[0].get("configuration", {}).get("endian", "little") != "little"):
                 return None
             return cls(root, shape, int(inner[0]), int(outer[0]), cfg.get("index_location", "end") == "end",
-                       idx_codecs == ["bytes", "crc32c"], fds)
+                       idx_codecs == ["bytes", "crc32c"], files)
         return None
 
-    def _fd(self, key: int) -> int | None:
+    def _file(self, key: int) -> "_MappedFile | None":
         path = self._paths.get(key)
         if path is None:  # a str, built once: pathlib per read cost as much as the read
             path = self._paths[key] = str(self.root / "c" / str(key) / "0")
-        return self.fds.get(path)
+        return self.files.get(path)
 
     def _shard_index(self, s: int) -> np.ndarray | None:
         if s not in self._index:
-            fd = self._fd(s)
-            if fd is None:
+            f = self._file(s)
+            if f is None:
                 self._index[s] = None
             else:
                 n = self.shard_rows // self.chunk_rows
                 nbytes = 16 * n + (4 if self.index_crc else 0)
-                at = os.fstat(fd).st_size - nbytes if self.index_at_end else 0
-                buf = os.pread(fd, 16 * n, at)
-                self._index[s] = np.frombuffer(buf, dtype="<u8").reshape(n, 2)
+                at = len(f.data) - nbytes if self.index_at_end else 0
+                if at < 0:
+                    raise CacheError(f"shard {s} of {self.root} is shorter than its index (truncated?)")
+                self._index[s] = f.data[at : at + 16 * n].copy().view("<u8").reshape(n, 2)
         return self._index[s]
 
     def pieces(self, a: int, b: int):
-        """(fd or None, byte offset, first row, end row) covering rows [a, b); None = zeros."""
+        """(mapped file or None, byte offset, first row, end row) covering rows [a, b); None = zeros."""
         r = a
         while r < b:
             c, within = divmod(r, self.chunk_rows)
             end = min(b, (c + 1) * self.chunk_rows)
             if self.shard_rows is None:
-                yield self._fd(c), within * self.row_bytes, r, end
+                yield self._file(c), within * self.row_bytes, r, end
             else:
                 s, in_shard = divmod(r, self.shard_rows)
                 idx = self._shard_index(s)
@@ -282,31 +329,35 @@ class _FlatArray:
                 if idx is None or idx[i, 0] == _MISSING:
                     yield None, 0, r, end
                 else:
-                    yield self._fd(s), int(idx[i, 0]) + within * self.row_bytes, r, end
+                    yield self._file(s), int(idx[i, 0]) + within * self.row_bytes, r, end
             r = end
+
+    def copies(self, a: int, b: int) -> list[tuple["_MappedFile | None", int, int, int]]:
+        """Rows [a, b) as (mapped file or None = zeros, byte offset, dst start, dst end) byte copies."""
+        return [(f, off, (r0 - a) * self.row_bytes, (r1 - a) * self.row_bytes) for f, off, r0, r1 in self.pieces(a, b)]
 
     def read_into(self, out: np.ndarray, a: int, b: int) -> None:
         """Rows [a, b) into ``out`` (b - a, dim) float16, C-contiguous."""
-        mv = memoryview(out.reshape(-1).view(np.uint8))
-        for fd, off, r0, r1 in self.pieces(a, b):
-            lo, hi = (r0 - a) * self.row_bytes, (r1 - a) * self.row_bytes
-            if fd is None:
-                out[r0 - a : r1 - a] = 0
-                continue
-            got = os.preadv(fd, [mv[lo:hi]], off)
-            if got != hi - lo:
-                raise CacheError(f"short read in {self.root} (chunk file truncated?)")
+        _copy(out, self.copies(a, b), self.root)
 
-    def prefetch(self, a: int, b: int) -> None:
-        for fd, off, r0, r1 in self.pieces(a, b):
-            if fd is not None:
-                os.posix_fadvise(fd, off, (r1 - r0) * self.row_bytes, os.POSIX_FADV_WILLNEED)
+
+def _copy(out: np.ndarray, copies, where) -> None:
+    """Carry out ``_FlatArray.copies`` into ``out`` (C-contiguous)."""
+    dst = out.reshape(-1).view(np.uint8)
+    for f, off, lo, hi in copies:
+        if f is None:
+            dst[lo:hi] = 0
+            continue
+        src = f.data[off : off + hi - lo]
+        if len(src) != hi - lo:
+            raise CacheError(f"short read in {where} (chunk file truncated?)")
+        np.copyto(dst[lo:hi], src)  # a memcpy from the map; releases the GIL
 
 
 class _ClipReader:
     """Reads clips of one cache by (part, row). Opened inside each worker.
 
-    Uncompressed arrays are read with ``pread`` from their files; others through Zarr.
+    Uncompressed arrays are read from maps of their files; others through Zarr.
     """
 
     def __init__(self, cache_path: str, track: int, fast: bool = True, cache: FeatureCache | None = None):
@@ -316,7 +367,8 @@ class _ClipReader:
         self.video_dim = self._dim(VIDEO)
         self.audio_dim = self._dim(AUDIO)
         self._flat: dict[tuple[int, str], _FlatArray | None] = {}
-        self._files = _OpenFiles()
+        self._files = _maps_for(self.cache)
+        self._planned: dict[tuple[int, int, str], tuple[int, list | None]] = {}  # from prefetch
 
     def _dim(self, modality: str) -> int:
         for p in self.cache.parts:
@@ -337,28 +389,42 @@ class _ClipReader:
         off = self.cache.parts[pi].offsets(modality, self.track)
         return int(off[row]), int(off[row + 1])
 
-    def read_into(self, pi: int, row: int, modality: str, out: np.ndarray) -> None:
-        """The clip's rows into ``out`` (n, dim) float16 (n from ``span``)."""
+    def plan(self, pi: int, row: int, modality: str) -> tuple[int, list | None]:
+        """(rows, byte copies or None = read through Zarr) of one clip and modality; the
+        plan ``prefetch`` made for it if any (spans and pieces are worked out once)."""
+        planned = self._planned.pop((pi, row, modality), None)
+        if planned is not None:
+            return planned
         a, b = self.span(pi, row, modality)
-        if a == b:
-            return
-        flat = self._array(pi, modality)
-        if flat is not None:
-            flat.read_into(out, a, b)
+        flat = self._array(pi, modality) if a < b else None
+        return b - a, (flat.copies(a, b) if flat is not None else None if a < b else [])
+
+    def read_planned(self, pi: int, row: int, modality: str, plan, out: np.ndarray) -> None:
+        """The clip's rows into ``out`` (n, dim) float16, following ``plan(...)[1]``."""
+        if plan is not None:
+            _copy(out, plan, self.cache.path)
         else:
+            a, b = self.span(pi, row, modality)
             out[:] = self.cache.parts[pi].data(modality, self.track)[a:b]
 
+    def read_into(self, pi: int, row: int, modality: str, out: np.ndarray) -> None:
+        """The clip's rows into ``out`` (n, dim) float16 (n from ``span``)."""
+        self.read_planned(pi, row, modality, self.plan(pi, row, modality)[1], out)
+
     def prefetch(self, locs: np.ndarray) -> None:
-        """Ask the kernel to start reading the clips at ``locs`` (n, 2) (cold cache)."""
-        for pi, row in locs:
+        """Ask the kernel to start reading the clips at ``locs`` (n, 2) (cold cache); their
+        plans are kept for ``plan``."""
+        for pi, row in locs.tolist():
             for m in (VIDEO, AUDIO):
-                a, b = self.span(int(pi), int(row), m)
-                flat = self._array(int(pi), m) if a < b else None
-                if flat is not None:
-                    flat.prefetch(a, b)
+                planned = self.plan(pi, row, m)
+                self._planned[(pi, row, m)] = planned
+                for f, off, lo, hi in planned[1] or ():
+                    if f is not None:
+                        f.will_need(off, hi - lo)
 
     def close(self) -> None:
-        self._files.close()
+        self._flat.clear()
+        self._planned.clear()  # the maps belong to the open cache (``_maps_for``), not to this reader
 
 
 def collate(
@@ -386,14 +452,12 @@ def collate(
     return Batch(list(clip_ids), list(sources), video, video_mask, audio, audio_mask)
 
 
-def _alloc_padded(reader: _ClipReader, locs: np.ndarray, modality: str, dim: int):
-    """Uninitialised (B, L, dim) float16 batch tensor, its lengths (B,) and (B, L) mask."""
-    spans = [reader.span(int(pi), int(row), modality) for pi, row in locs]
-    lengths = np.array([b - a for a, b in spans], dtype=np.int64)
+def _alloc_padded(lengths: np.ndarray, dim: int):
+    """Uninitialised (B, L, dim) float16 batch tensor for sequences of ``lengths`` and its (B, L) mask."""
     width = max(1, int(lengths.max(initial=0)))
-    out = _empty_f16((len(locs), width, dim))
+    out = _empty_f16((len(lengths), width, dim))
     mask = np.arange(width)[None, :] < lengths[:, None]
-    return out, lengths, torch.from_numpy(mask)
+    return out, torch.from_numpy(mask)
 
 
 class _BufferPool:
@@ -470,13 +534,14 @@ def _build_batch(reader: _ClipReader, locs: np.ndarray, clip_ids, sources) -> Ba
     casts after moving the batch. (Reading with 2 threads was measured no faster on
     2 cores: the copies from the page cache share one memory bandwidth.)
     """
-    video, v_len, video_mask = _alloc_padded(reader, locs, VIDEO, reader.video_dim)
-    audio, a_len, audio_mask = _alloc_padded(reader, locs, AUDIO, reader.audio_dim)
-    v16, a16 = video.numpy(), audio.numpy()
-    for i in np.lexsort((locs[:, 1], locs[:, 0])):
-        pi, row = int(locs[i, 0]), int(locs[i, 1])
-        for out, n, modality in ((v16, int(v_len[i]), VIDEO), (a16, int(a_len[i]), AUDIO)):
-            reader.read_into(pi, row, modality, out[i, :n])
+    where = locs.tolist()
+    plans = {m: [reader.plan(pi, row, m) for pi, row in where] for m in (VIDEO, AUDIO)}
+    video, video_mask = _alloc_padded(np.array([n for n, _ in plans[VIDEO]], np.int64), reader.video_dim)
+    audio, audio_mask = _alloc_padded(np.array([n for n, _ in plans[AUDIO]], np.int64), reader.audio_dim)
+    for m, out in ((VIDEO, video.numpy()), (AUDIO, audio.numpy())):
+        for i in np.lexsort((locs[:, 1], locs[:, 0])).tolist():
+            n, plan = plans[m][i]
+            reader.read_planned(*where[i], m, plan, out[i, :n])
             out[i, n:] = 0
     return Batch(list(clip_ids), list(sources), video, video_mask, audio, audio_mask)
 
@@ -617,7 +682,7 @@ def _run_plan(plan: _BatchPlan, num_workers: int, prefetch_factor: int) -> Itera
 
 
 def _in_thread(batches: Iterator[tuple[int, Batch]], ahead: int) -> Iterator[Batch]:
-    """Build batches in a background thread, up to ``ahead`` ready: reading (``pread``)
+    """Build batches in a background thread, up to ``ahead`` ready: reading (memcpy from maps)
     and the consumer's step both release the GIL, so they overlap. Errors are re-raised
     here; leaving the loop early stops the thread."""
     ready: queue.Queue = queue.Queue(maxsize=max(1, ahead))

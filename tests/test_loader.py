@@ -236,3 +236,55 @@ def test_reader_thread_errors_reach_the_consumer_and_stopping_early_ends_it(tmp_
         for _ in make_train_loader(broken, "train", 8, seed=0, shuffle=False):
             pass
     assert threading.active_count() == before
+
+
+def test_mapped_files_keep_the_latest_maps_and_evicted_ones_stay_valid_while_viewed(tmp_path):
+    from scav.core.loader import _MappedFiles
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * (1000 + i))
+        paths.append(str(p))
+    (tmp_path / "empty").write_bytes(b"")
+    maps = _MappedFiles(limit=2)
+    first = maps.get(paths[0]).data  # a view held by a caller
+    assert maps.get(paths[0]) is maps.get(paths[0])  # reused, not mapped again
+    for p in paths[1:]:
+        maps.get(p)
+    assert list(maps._maps) == paths[2:]  # least recently used went first
+    assert len(first) == 1000 and not first.any()  # evicted from the cache, still readable
+    assert maps.get(str(tmp_path / "missing")) is None  # an unwritten chunk
+    assert len(maps.get(str(tmp_path / "empty")).data) == 0
+    assert (maps.get(paths[3]).data == 3).all() and len(maps.get(paths[3]).data) == 1003
+
+
+def test_an_open_cache_keeps_its_maps_across_epochs_and_readers(cache_path):
+    from scav.core.loader import _maps_for
+
+    cache = FeatureCache.open(cache_path)
+    list(make_train_loader(cache, "train", 8, seed=0))
+    maps = _maps_for(cache)
+    mapped = dict(maps._maps)
+    assert mapped and all(m is not None for m in mapped.values())
+    for b in make_train_loader(cache, "train", 8, seed=0, epoch=1):  # the next epoch maps nothing new
+        _check_against_cache(cache, b)
+    list(iter_eval_batches(cache, "train", batch_size=8))
+    assert _maps_for(cache) is maps and all(maps._maps[p] is m for p, m in mapped.items())
+    assert _maps_for(FeatureCache.open(cache_path)) is not maps  # another open cache, its own maps
+
+
+def test_two_threads_reading_one_open_cache_get_the_right_clips(cache_path):
+    """Training's reader thread and validation can read the same open cache at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = FeatureCache.open(cache_path)
+
+    def epoch(seed):
+        return list(make_train_loader(cache, "train", 4, seed=seed, buffer_clips=8, block_clips=2))
+
+    with ThreadPoolExecutor(2) as ex:
+        results = list(ex.map(epoch, range(6)))
+    for batches in results:
+        for b in batches:
+            _check_against_cache(cache, b)
