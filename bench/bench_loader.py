@@ -377,18 +377,17 @@ def main(argv=None) -> int:
         ids = [c.clip_id for c in cache.clips()]
         warm = ids[: args.warm_clips]
         warm_bytes = feature_bytes(cache, warm)
+        # the data files of the parts that hold the warm clips
+        warm_files = [f for pi in sorted({cache._locate(c)[0] for c in warm}) for f in data_files(cache.parts[pi].path)]
         pin = None
         if not args.no_pin:
-            parts = sorted({cache._locate(c)[0] for c in warm})
-            pin = PinnedFiles([f for pi in parts for f in data_files(cache.parts[pi].path)])
+            pin = PinnedFiles(warm_files)
             how = (f"pinned in the page cache: {pin.pinned_bytes / 1e9:.1f} GB, mmap + mlock of its parts' files"
                    if pin.error is None else f"could not pin ({pin.error}): in the page cache after one pass")
         else:
             how = "in the page cache after one pass, not pinned"
         print(f"warm: {len(warm)} clips ({warm_bytes / 1e9:.1f} GB, {how})")
         list(iter_eval_batches(path, clip_ids=warm, batch_size=args.batch_size))  # bring into page cache
-        warm_files = [f for pi in sorted({cache._locate(c)[0] for c in warm})
-                      for f in data_files(cache.parts[pi].path)]
         ceilings = []
         for workers in (0, 2):
             # this VM's speed varies from pass to pass and day to day (2x seen): every pass is

@@ -23,7 +23,7 @@ fall back to Zarr): one memcpy per clip and modality (~0.4 and ~0.75 MB at the
 paper's shapes) from a read-only map of the chunk file straight into the batch's
 padded float16 tensor.  This avoids Zarr's per-call overhead, which capped the
 one-clip-at-a-time path at a few hundred clips/s.  The maps belong to the open
-cache (``_maps_for``) and outlive the epoch: from the second epoch on, warm
+cache (``_files_for``) and outlive the epoch: from the second epoch on, warm
 reads are plain memcpys (on the bench VM ~3x what ``pread`` of the same
 page-cache bytes gave, which the loader used before).  Batches stay float16 as
 stored; ``Batch.to(device)`` casts to float32 after the move (free on a GPU;
@@ -158,6 +158,9 @@ def epoch_order(
 _MISSING = np.uint64(2**64 - 1)  # shard index entry of a chunk that was never written
 
 
+_MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)  # absent on some platforms: no prefetch
+
+
 def _map_limit() -> int:
     """Chunk files kept mapped per reader: a 20k-clip cache has ~6,300 of them and mapping
     again costs the page faults again. A quarter of the kernel's map count limit, at most 16,384."""
@@ -180,10 +183,10 @@ class _MappedFile:
         self.data = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
 
     def will_need(self, offset: int, length: int) -> None:
-        if self._map is None or not hasattr(mmap, "MADV_WILLNEED"):
+        if self._map is None or _MADV_WILLNEED is None:
             return
         start = offset - offset % mmap.PAGESIZE  # madvise wants a page-aligned start
-        self._map.madvise(mmap.MADV_WILLNEED, start, min(len(self._map), offset + length) - start)
+        self._map.madvise(_MADV_WILLNEED, start, min(len(self._map), offset + length) - start)
 
 
 class _MappedFiles:
@@ -223,24 +226,6 @@ class _MappedFiles:
             if len(self._maps) > self.limit:
                 self._maps.popitem(last=False)
         return m
-
-    def close(self) -> None:
-        with self._lock:
-            self._maps.clear()
-
-
-_maps_of_cache: "weakref.WeakKeyDictionary[FeatureCache, _MappedFiles]" = weakref.WeakKeyDictionary()
-_maps_lock = threading.Lock()
-
-
-def _maps_for(cache: FeatureCache) -> _MappedFiles:
-    """The maps of one open cache, shared by all its readers in this process (every epoch,
-    validation): they go when the cache object goes."""
-    with _maps_lock:
-        maps = _maps_of_cache.get(cache)
-        if maps is None:
-            maps = _maps_of_cache[cache] = _MappedFiles()
-        return maps
 
 
 class _FlatArray:
@@ -336,9 +321,39 @@ class _FlatArray:
         """Rows [a, b) as (mapped file or None = zeros, byte offset, dst start, dst end) byte copies."""
         return [(f, off, (r0 - a) * self.row_bytes, (r1 - a) * self.row_bytes) for f, off, r0, r1 in self.pieces(a, b)]
 
-    def read_into(self, out: np.ndarray, a: int, b: int) -> None:
-        """Rows [a, b) into ``out`` (b - a, dim) float16, C-contiguous."""
-        _copy(out, self.copies(a, b), self.root)
+
+class _CacheFiles:
+    """What reading one open cache takes, shared by all its readers in this process (every
+    epoch, validation, threads): the chunk-file maps and the parsed arrays (layout, shard
+    indexes). It goes when the cache object goes (``_files_for``)."""
+
+    def __init__(self, cache: FeatureCache):
+        self.maps = _MappedFiles()
+        self._parts = cache.parts
+        self._arrays: dict[tuple[int, str, int], _FlatArray | None] = {}
+
+    def array(self, pi: int, modality: str, track: int) -> "_FlatArray | None":
+        """Part ``pi``'s array of ``modality`` (audio ``track``) for byte reads, None if it
+        needs Zarr (compressed)."""
+        key = (pi, modality, track)
+        flat = self._arrays.get(key, False)
+        if flat is False:  # two threads may both open it: the same result, one is kept
+            part = self._parts[pi]
+            flat = self._arrays[key] = _FlatArray.open(part.path / part.array_name(modality, track) / "data",
+                                                       self.maps)
+        return flat
+
+
+_files_of_cache: "weakref.WeakKeyDictionary[FeatureCache, _CacheFiles]" = weakref.WeakKeyDictionary()
+_files_lock = threading.Lock()
+
+
+def _files_for(cache: FeatureCache) -> _CacheFiles:
+    with _files_lock:
+        files = _files_of_cache.get(cache)
+        if files is None:
+            files = _files_of_cache[cache] = _CacheFiles(cache)
+        return files
 
 
 def _copy(out: np.ndarray, copies, where) -> None:
@@ -366,8 +381,7 @@ class _ClipReader:
         self.fast = fast
         self.video_dim = self._dim(VIDEO)
         self.audio_dim = self._dim(AUDIO)
-        self._flat: dict[tuple[int, str], _FlatArray | None] = {}
-        self._files = _maps_for(self.cache)
+        self._files = _files_for(self.cache) if fast else None
         self._planned: dict[tuple[int, int, str], tuple[int, list | None]] = {}  # from prefetch
 
     def _dim(self, modality: str) -> int:
@@ -378,12 +392,9 @@ class _ClipReader:
         return 0
 
     def _array(self, pi: int, modality: str) -> "_FlatArray | None":
-        key = (pi, modality)
-        if key not in self._flat:
-            part = self.cache.parts[pi]
-            name = part.array_name(modality, self.track)
-            self._flat[key] = _FlatArray.open(part.path / name / "data", self._files) if self.fast else None
-        return self._flat[key]
+        if self._files is None:
+            return None
+        return self._files.array(pi, modality, self.track)
 
     def span(self, pi: int, row: int, modality: str) -> tuple[int, int]:
         off = self.cache.parts[pi].offsets(modality, self.track)
@@ -407,10 +418,6 @@ class _ClipReader:
             a, b = self.span(pi, row, modality)
             out[:] = self.cache.parts[pi].data(modality, self.track)[a:b]
 
-    def read_into(self, pi: int, row: int, modality: str, out: np.ndarray) -> None:
-        """The clip's rows into ``out`` (n, dim) float16 (n from ``span``)."""
-        self.read_planned(pi, row, modality, self.plan(pi, row, modality)[1], out)
-
     def prefetch(self, locs: np.ndarray) -> None:
         """Ask the kernel to start reading the clips at ``locs`` (n, 2) (cold cache); their
         plans are kept for ``plan``."""
@@ -423,8 +430,7 @@ class _ClipReader:
                         f.will_need(off, hi - lo)
 
     def close(self) -> None:
-        self._flat.clear()
-        self._planned.clear()  # the maps belong to the open cache (``_maps_for``), not to this reader
+        self._planned.clear()  # maps and arrays belong to the open cache (``_files_for``)
 
 
 def collate(

@@ -260,18 +260,18 @@ def test_mapped_files_keep_the_latest_maps_and_evicted_ones_stay_valid_while_vie
 
 
 def test_an_open_cache_keeps_its_maps_across_epochs_and_readers(cache_path):
-    from scav.core.loader import _maps_for
+    from scav.core.loader import _files_for
 
     cache = FeatureCache.open(cache_path)
     list(make_train_loader(cache, "train", 8, seed=0))
-    maps = _maps_for(cache)
+    maps = _files_for(cache).maps
     mapped = dict(maps._maps)
     assert mapped and all(m is not None for m in mapped.values())
     for b in make_train_loader(cache, "train", 8, seed=0, epoch=1):  # the next epoch maps nothing new
         _check_against_cache(cache, b)
     list(iter_eval_batches(cache, "train", batch_size=8))
-    assert _maps_for(cache) is maps and all(maps._maps[p] is m for p, m in mapped.items())
-    assert _maps_for(FeatureCache.open(cache_path)) is not maps  # another open cache, its own maps
+    assert _files_for(cache).maps is maps and all(maps._maps[p] is m for p, m in mapped.items())
+    assert _files_for(FeatureCache.open(cache_path)).maps is not maps  # another open cache, its own maps
 
 
 def test_two_threads_reading_one_open_cache_get_the_right_clips(cache_path):
