@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 
 import typer
 
+from scav.core.device import resolve_device
+
 CONFIGS = (
     "cav",
     "eucl_pre_v2a",
@@ -105,8 +107,8 @@ def _worker(spec: dict) -> dict:
 
     import torch
 
-    from scav.train.distances import interp_euclidean_matrix, soft_dtw_matrix, wasserstein_matrix
-    from scav.train.losses import cav_loss, scav_loss
+    from scav.sequence.distances import interp_euclidean_matrix, soft_dtw_matrix, wasserstein_matrix
+    from scav.sequence.losses import cav_loss, scav_loss
 
     torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])
@@ -132,7 +134,7 @@ def _worker(spec: dict) -> dict:
 
     def naive_post_v2a(x, xm, y, ym):
         # broadcast reference: interpolate x to S (all audio lengths equal here), then (B, B, S, c)
-        from scav.train.distances import interpolate_to_length
+        from scav.sequence.distances import interpolate_to_length
 
         p = interpolate_to_length(x, xm, y.shape[1])
         return ((p[:, None] - y[None, :]) ** 2).sum(-1).mean(-1)
@@ -204,14 +206,6 @@ def _run_child(spec: dict, timeout_s: float) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def measure(cfg: BenchConfig, device: str, name: str, b: int, budget: float | None = None) -> dict:
     limit = budget if budget is not None else cfg.mem_limit_gb * GB
     est = estimate_bytes(cfg, name, b)
@@ -264,7 +258,7 @@ def max_batch(cfg: BenchConfig, device: str, name: str, budget_gb: float) -> str
 
 def run(cfg: BenchConfig) -> list[dict]:
     """Measure every (config, batch size); returns rows (also printed as a table)."""
-    device = _resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     rows = []
     for name in cfg.configs:
         for b in cfg.batch_sizes:
@@ -336,7 +330,7 @@ def main(
             timeout_s=timeout_s, mem_limit_gb=mem_limit_gb, max_cells=max_cells, budget_gb=budget_gb,
         )
     print(f"# bench_losses {json.dumps(asdict(cfg))}")
-    print(f"# device: {_resolve_device(cfg.device)}; per config: fwd+bwd time (min of repeats), peak memory")
+    print(f"# device: {str(resolve_device(cfg.device))}; per config: fwd+bwd time (min of repeats), peak memory")
     run(cfg)
 
 

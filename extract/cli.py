@@ -15,10 +15,10 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(
-    add_completion=False,
+from scav.cli_common import JSON_HELP, VERSION_OPTION, make_app, write_json
+
+app = make_app(
     no_args_is_help=True,
-    rich_markup_mode=None,
     help=(
         "Extract frozen-encoder features (video per frame, audio per BEATs step) into a SCAV "
         "feature cache (Zarr).\n\n"
@@ -67,7 +67,7 @@ PartClips = Annotated[Optional[int], typer.Option(help="Clips per committed part
 DecodeThreads = Annotated[int, typer.Option(help="Decoding threads per worker (decoding overlaps encoding).")]
 RetryFailed = Annotated[bool, typer.Option(help="Try again clips recorded as failures by an earlier run.")]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")]
+JsonOut = Annotated[Optional[str], typer.Option("--json", metavar="PATH", help=JSON_HELP)]
 
 
 def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | None, beats_ckpt: Path | None):
@@ -83,7 +83,7 @@ def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | Non
     )
 
 
-def _extract(cfg, as_json: bool) -> dict:
+def _extract(cfg, json_path: str | None) -> dict:
     from rich.console import Console
 
     from .runner import run
@@ -96,10 +96,9 @@ def _extract(cfg, as_json: bool) -> dict:
             "demos, not CLIP/BEATs. Pass --clip-weights / --beats-ckpt for the real encoders.[/yellow]"
         )
     summary = run(cfg)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-    else:
+    if json_path != "-":
         print_run_summary(summary)
+    write_json(json_path, summary)
     return summary
 
 
@@ -132,7 +131,7 @@ def _print_failures(con, failures: list[dict], limit: int = 50) -> None:
     for f in failures[:limit]:
         t.add_row(f["clip_id"], f["stage"], f["reason"], f["path"])
     if len(failures) > limit:
-        t.add_row("...", "", f"{len(failures) - limit} more (scav-extract inspect --json)", "")
+        t.add_row("...", "", f"{len(failures) - limit} more (scav-extract inspect --json -)", "")
     con.print(t)
 
 
@@ -168,7 +167,7 @@ def manifest_cmd(
     retry_failed: RetryFailed = False,
     decode_threads: DecodeThreads = 2,
     progress: Progress = True,
-    as_json: JsonOut = False,
+    json_path: JsonOut = None,
 ) -> None:
     """Extract the clips of a manifest CSV (also: `scav-extract MANIFEST.csv ...`)."""
     cfg = _config(
@@ -177,7 +176,7 @@ def manifest_cmd(
         gpus=gpus, scheduler=scheduler, part_clips=part_clips, split=split, as_split=as_split,
         retry_failed=retry_failed, decode_threads=decode_threads, progress=progress,
     )
-    _guard(lambda: _extract(cfg, as_json))
+    _guard(lambda: _extract(cfg, json_path))
 
 
 def _dataset_cmd(name: str, result, out: Path, **kw) -> None:
@@ -192,10 +191,10 @@ def _dataset_cmd(name: str, result, out: Path, **kw) -> None:
     )
     if not result.rows:
         raise typer.Exit(1)
-    as_json = kw.pop("as_json")
+    json_path = kw.pop("json_path")
     cfg = _config(manifest, out, media_root=result.media_root, **kw)
-    summary = _guard(lambda: _extract(cfg, as_json))
-    if not as_json:
+    summary = _guard(lambda: _extract(cfg, json_path))
+    if json_path != "-":
         typer.echo(f"missing media: {len(result.missing)} (see {report})")
     return summary
 
@@ -223,7 +222,7 @@ def vggsound_cmd(
     retry_failed: RetryFailed = False,
     decode_threads: DecodeThreads = 2,
     progress: Progress = True,
-    as_json: JsonOut = False,
+    json_path: JsonOut = None,
 ) -> None:
     """Build the VGGSound manifest (splits vggsound-train / vggsound-test) and extract it."""
     from ..data_manifests.vggsound import build_vggsound
@@ -238,13 +237,13 @@ def vggsound_cmd(
     _dataset_cmd(
         "vggsound", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
         gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
-        decode_threads=decode_threads, progress=progress, as_json=as_json,
+        decode_threads=decode_threads, progress=progress, json_path=json_path,
     )
 
 
 @app.command("music")
 def music_cmd(
-    json_path: Annotated[
+    list_path: Annotated[
         Optional[Path],
         typer.Option("--list", help="MUSIC21_solo_videos.json. Default: $SCAV_DATA/music/MUSIC21_solo_videos.json."),
     ] = None,
@@ -263,20 +262,20 @@ def music_cmd(
     retry_failed: RetryFailed = False,
     decode_threads: DecodeThreads = 2,
     progress: Progress = True,
-    as_json: JsonOut = False,
+    json_path: JsonOut = None,
 ) -> None:
     """Build the MUSIC21-solo manifest (10 s windows; splits music-train / music-test, see
     data_manifests/README.md for the split rule) and extract it."""
     from ..data_manifests.music import build_music
 
     root = data_root() / "music"
-    json_path = json_path or root / "MUSIC21_solo_videos.json"
+    list_path = list_path or root / "MUSIC21_solo_videos.json"
     media_root = media_root or root / "media"
-    result = _guard(lambda: build_music(json_path, media_root, _split_set(splits)))
+    result = _guard(lambda: build_music(list_path, media_root, _split_set(splits)))
     _dataset_cmd(
         "music", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
         gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
-        decode_threads=decode_threads, progress=progress, as_json=as_json,
+        decode_threads=decode_threads, progress=progress, json_path=json_path,
     )
 
 
@@ -299,7 +298,7 @@ def synthetic_cmd(
     part_clips: PartClips = None,
     decode_threads: DecodeThreads = 2,
     progress: Progress = True,
-    as_json: JsonOut = False,
+    json_path: JsonOut = None,
 ) -> None:
     """Generate the synthetic audio-visual benchmark (media + manifest) and extract it."""
     from dataclasses import replace
@@ -316,13 +315,13 @@ def synthetic_cmd(
         manifest, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
         gpus=gpus, part_clips=part_clips, decode_threads=decode_threads, progress=progress,
     )
-    _guard(lambda: _extract(cfg, as_json))
+    _guard(lambda: _extract(cfg, json_path))
 
 
 @app.command("inspect")
 def inspect_cmd(
     cache: Annotated[Path, typer.Argument(help="Feature cache (Zarr folder).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (and failures) as JSON.")] = False,
+    json_path: JsonOut = None,
 ) -> None:
     """Show a cache's encoders, splits, sizes and failed clips."""
     from rich.console import Console
@@ -333,8 +332,8 @@ def inspect_cmd(
     fc = _guard(lambda: FeatureCache.open(cache))
     summary = fc.summary()
     failures = [f.to_dict() for f in fc.failures()]
-    if as_json:
-        typer.echo(json.dumps({**summary, "failure_rows": failures}, indent=2))
+    write_json(json_path, {**summary, "failure_rows": failures})
+    if json_path == "-":
         return
     con = Console()
     t = Table(title=str(cache), show_header=False)
@@ -358,7 +357,7 @@ def export_cmd(
     split: Annotated[Optional[str], typer.Option(help="Export only this split.")] = None,
 ) -> None:
     """Export a cache (or one split) to one HDF5 file (layout: data_manifests/README.md / extract/hdf5.py)."""
-    from .hdf5 import export_h5
+    from ..core.hdf5 import export_h5
 
     n = _guard(lambda: export_h5(cache, out_h5, split=split))
     typer.echo(f"wrote {n} clips to {out_h5}")
@@ -371,10 +370,15 @@ def import_cmd(
     part_clips: PartClips = None,
 ) -> None:
     """Import features from an HDF5 file into a new or existing cache (clips already there are skipped)."""
-    from .hdf5 import import_h5
+    from ..core.hdf5 import import_h5
 
     res = _guard(lambda: import_h5(in_h5, out, part_clips=part_clips))
     typer.echo(f"imported {res['imported']} clips into {out} ({res['skipped']} already present)")
+
+
+@app.callback()
+def _root(version: bool = VERSION_OPTION) -> None:
+    """Extract frozen-encoder features into a SCAV feature cache (see the commands below)."""
 
 
 def _split_set(text: str | None) -> set[str] | None:

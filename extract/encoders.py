@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from scav.core.files import sha256_file
 from scav.core.schema import EncoderInfo
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,6 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     if x.shape[0] == 0:
         raise EncodeError("encode", "no frames to encode")
     return x
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fbank_features(samples: np.ndarray) -> "torch.Tensor":  # noqa: F821

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.device import resolve_device
 from ..core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
 from ..core.schema import AudioTrack, CacheLayout, CacheMeta, ClipInfo, Failure
 from ..data_manifests.manifest import ManifestError, ManifestRow, load_manifest
@@ -225,7 +226,7 @@ def extract_shard(
     ``.staging`` as other shards may be writing there.
     """
     if device == "auto":
-        device = _auto_device()
+        device = str(resolve_device("auto"))
     cache_meta = CacheMeta.from_dict(meta)
     writer = CacheWriter(Path(out), cache_meta)
     video_enc, audio_enc = build_encoders(spec, device)
@@ -275,12 +276,6 @@ def extract_shard(
                 on_clip()
         commit()
     return result.to_dict()
-
-
-def _auto_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _shard_in_process(kwargs: dict) -> dict:

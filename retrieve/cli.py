@@ -23,9 +23,11 @@ from typing import Optional
 
 import typer
 
+from scav.cli_common import VERSION_OPTION, json_option, make_app, write_json
+
 log = logging.getLogger(__name__)
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = make_app(help=__doc__.split("\n\n")[0])
 
 METHOD_CHOICES = ("agg", "seq", "hybrid", "all")
 DEFAULT_K = 100
@@ -56,8 +58,9 @@ class RetrieveConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.batch_size < 1 or self.query_block < 1 or self.candidate_chunk < 1:
             raise ValueError("batch size, query block and candidate chunk must be >= 1")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        from scav.core.device import check_device_name
+
+        check_device_name(self.device)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -66,16 +69,6 @@ class RetrieveConfig:
     @property
     def export_root(self) -> Path:
         return Path(self.export_dir) if self.export_dir else Path(f"{self.cache}.retrieval")
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def run(cfg: RetrieveConfig, progress=None) -> dict:
@@ -105,7 +98,9 @@ def run(cfg: RetrieveConfig, progress=None) -> dict:
     k = min(DEFAULT_K, n) if cfg.k is None else cfg.k
     if not Path(cfg.checkpoint).is_file():
         raise CheckpointError(f"no checkpoint at {cfg.checkpoint}")
-    device = _device(cfg.device)
+    from scav.core.device import resolve_device
+
+    device = resolve_device(cfg.device)
     model, train_cfg, meta = load_model(cfg.checkpoint, map_location=device)
     check_cache_matches(meta, cache.meta, what=f"checkpoint {cfg.checkpoint}")
     if meta["video_dim"] != cache.meta.video.dim or meta["audio_dim"] != cache.meta.audio.dim:
@@ -170,12 +165,7 @@ def run(cfg: RetrieveConfig, progress=None) -> dict:
         out.update(seconds=per_method[m]["seconds"], a2v=per_method[m]["a2v"], v2a=per_method[m]["v2a"])
     else:
         out["seconds"] = sum(v["seconds"] for v in per_method.values())
-    if cfg.json_path:
-        path = Path(cfg.json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, path)
+    write_json(cfg.json_path, out)
     return out
 
 
@@ -217,7 +207,7 @@ def main_command(
     cache: Path = typer.Option(Path("features.zarr"), "--cache", help="Feature cache (scav-extract output)."),
     method: Method = typer.Option(Method.all, "--method", help="agg (cosine of means), seq (trained sequence distance), hybrid (agg top-k re-ranked by seq) or all."),
     k: Optional[int] = typer.Option(None, "--k", help=f"hybrid: candidates pre-selected by agg per query [default: {DEFAULT_K}, or the split size if smaller]."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    json_path: Optional[str] = json_option("Also write the results as JSON to this file ('-' = standard output, then no table)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Clips per encoder batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     export: bool = typer.Option(False, "--export", help="Keep latents next to the cache (<cache>.retrieval/<split>-<ckpt hash>/, .npy, memory-mapped) and reuse them later."),
@@ -225,6 +215,7 @@ def main_command(
     query_block: int = typer.Option(1024, "--query-block", help="Queries scored together (memory, not results)."),
     candidate_chunk: int = typer.Option(1024, "--candidate-chunk", help="Candidates scored together (memory, not results)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = VERSION_OPTION,
 ) -> None:
     """Rank each clip's partner among all clips of one split, in both directions.
 
@@ -255,6 +246,8 @@ def main_command(
     except (CacheError, CheckpointError, ValueError, OSError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(code=2)
+    if cfg.json_path == "-":
+        return
     console.print(render_table(result))
     if cfg.json_path:
         console.print(f"wrote {cfg.json_path}")

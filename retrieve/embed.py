@@ -19,17 +19,16 @@ is whole; a later run with the same checkpoint and split reuses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from scav.core.files import atomic_path, remove_stale_tmp, sha256_file
 from scav.core.schema import CacheError, ClipInfo
 
 from .search import Latents
@@ -50,11 +49,7 @@ class SplitLatents:
 
 def checkpoint_hash(path: str | os.PathLike) -> str:
     """sha256[:12] of the checkpoint file (names the export folder)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def usable_clips(clips: list[ClipInfo]) -> tuple[list[ClipInfo], list[ClipInfo]]:
@@ -108,7 +103,7 @@ def embed_split(
     progress: optional callable(n_clips_done) for a progress bar.
     """
     from scav.core.loader import iter_eval_batches
-    from scav.train.model import masked_mean
+    from scav.sequence.pooling import masked_mean
 
     ids = [c.clip_id for c in clips]
     nv, na = latent_lengths(clips, objective)
@@ -174,22 +169,13 @@ def load_export(folder: Path, clip_ids: list[str]) -> SplitLatents | None:
 
 def embed_and_export(model, objective, cache_path, split, clips, final: Path, meta: dict, **kw) -> SplitLatents:
     """embed_split into ``final`` (written as ``final``.tmp-<pid>, renamed when complete)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    remove_stale_tmp(final)
+    with atomic_path(final) as tmp:  # a stale export of other clips at ``final`` is replaced
+        tmp.mkdir()
         lat = embed_split(model, objective, cache_path, split, clips, folder=tmp, **kw)
         (tmp / "clips.json").write_text(json.dumps(lat.clip_ids))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         del lat  # close the write maps before the rename
-        if final.exists():
-            shutil.rmtree(final)  # a stale export of other clips
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     out = load_export(final, [c.clip_id for c in clips])
     assert out is not None
     out.reused = False

@@ -196,7 +196,7 @@ class SeqDistance:
                 [self.matrix(video[p : p + 1], video_mask[p : p + 1], audio[p : p + 1], audio_mask[p : p + 1])[0, 0]
                  for p in range(video.shape[0])]
             ) if video.shape[0] else video.new_zeros(0)
-        from scav.train.distances import interpolate_to_lengths, valid_lengths
+        from scav.sequence.distances import interpolate_to_lengths, valid_lengths
 
         if self.direction == "v2a":
             src, src_mask, tgt, tgt_mask = video, video_mask, audio, audio_mask
@@ -234,7 +234,7 @@ class SeqDistance:
         """
         if self.name != "euclidean":
             raise ValueError(f"sampled distances are for the interpolated Euclidean, not {self.name}")
-        from scav.train.distances import valid_lengths
+        from scav.sequence.distances import valid_lengths
 
         if query_is_video != (self.direction == "v2a"):  # the query is the target side
             tgt, tgt_mask, t_idx, src, src_mask, s_idx = q, q_mask, rows, c, c_mask, cols
@@ -261,7 +261,7 @@ def _flat_at_length(x, mask, idx, length: int, resample: bool) -> tuple[torch.Te
     When x already is at that length it is used in place (a view, rows = idx): copying the
     needed rows out would cost more than the sampled product itself.
     """
-    from scav.train.distances import interpolate_to_length
+    from scav.sequence.distances import interpolate_to_length
 
     if x.shape[1] == length and bool(mask.all()):
         return x.reshape(x.shape[0], -1), idx

@@ -24,9 +24,11 @@ from typing import Any, Optional
 
 import typer
 
+from scav.cli_common import VERSION_OPTION, make_app
+
 log = logging.getLogger(__name__)
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = make_app(help=__doc__.split("\n\n")[0])
 
 
 @dataclass(frozen=True)
@@ -419,6 +421,7 @@ def main_command(
     steps: int = typer.Option(DemoConfig.steps, "--steps", help="Training steps per model."),
     threads: int = typer.Option(DemoConfig.threads, "--threads", help="torch CPU threads."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+    version: bool = VERSION_OPTION,
 ) -> None:
     """Run the SCAV demo on the synthetic benchmark and print the comparison table."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scav.train.distances import (
+from scav.sequence.distances import (
     distance_matrix,
     interp_euclidean_matrix,
     interpolate_to_length,

@@ -65,7 +65,7 @@ def test_help_is_fast_and_imports_no_torch():
 
 def test_csv_dispatch_equals_run(twelve, tmp_path, capsys):
     folder, manifest = twelve
-    assert cli(str(manifest), "--out", str(tmp_path / "cli.zarr"), "--no-progress", "--json") == 0
+    assert cli(str(manifest), "--out", str(tmp_path / "cli.zarr"), "--no-progress", "--json", "-") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["extracted"] == 12
     run(ExtractConfig(manifest=manifest, out=tmp_path / "run.zarr", progress=False))
@@ -73,7 +73,7 @@ def test_csv_dispatch_equals_run(twelve, tmp_path, capsys):
     # inspect: table and JSON
     assert cli("inspect", str(tmp_path / "cli.zarr")) == 0
     assert "pixels (stand-in)" in capsys.readouterr().out
-    assert cli("inspect", str(tmp_path / "cli.zarr"), "--json") == 0
+    assert cli("inspect", str(tmp_path / "cli.zarr"), "--json", "-") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["clips"] == 12 and info["splits"] == {"train": 12} and info["failure_rows"] == []
 
@@ -117,7 +117,7 @@ def test_kill_minus_9_then_rerun_completes_exactly_once(twelve, tmp_path):
         proc.wait()
     committed = len(FeatureCache.open(out))
     assert 0 < committed < 12, f"kill landed after {committed} clips: the test did not interrupt the run"
-    rerun = subprocess.run(cmd[:-2] + ["--json"], capture_output=True, text=True, env=env, timeout=120)
+    rerun = subprocess.run(cmd[:-2] + ["--json", "-"], capture_output=True, text=True, env=env, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["already_present"] == committed and summary["extracted"] == 12 - committed
@@ -139,7 +139,7 @@ def test_vggsound_real_test_list_with_three_media(tmp_path, capsys, monkeypatch)
         tiny_clip(media / n, seconds=0.7, seed=i)
     monkeypatch.chdir(tmp_path)  # defaults: ./data/vggsound/media
     out = tmp_path / "out" / "features.zarr"
-    code = cli("vggsound", "--list", str(lst), "--out", str(out), "--gpus", "0", "--no-progress", "--json")
+    code = cli("vggsound", "--list", str(lst), "--out", str(out), "--gpus", "0", "--no-progress", "--json", "-")
     assert code == 0
     text = capsys.readouterr().out
     summary = json.loads(text[: text.rindex("}") + 1])

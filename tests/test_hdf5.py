@@ -9,7 +9,7 @@ import pytest
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
 from scav.core.schema import AudioTrack, CacheError, ClipInfo, EncoderInfo, Failure
 from scav.extract.cli import main
-from scav.extract.hdf5 import export_h5, import_h5
+from scav.core.hdf5 import export_h5, import_h5
 
 VIDEO = EncoderInfo("pixels", 6, stand_in=True)
 AUDIO = EncoderInfo("fbank", 4, stand_in=True)

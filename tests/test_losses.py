@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from scav.train.losses import cav_loss, scav_loss, zscore
+from scav.sequence.losses import cav_loss, scav_loss, zscore
 
 DT = torch.float64
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from scav.train.config import ModelConfig, ObjectiveConfig
-from scav.train.distances import interpolate_to_lengths
+from scav.sequence.distances import interpolate_to_lengths
 from scav.train.model import Block, RelativePositionBias, SCAVModel, relative_position_bucket
 
 TINY = ModelConfig(c=32, video_layers=2, audio_layers=1, heads=4, video_mlp_hidden=48, audio_mlp_hidden=40, dropout=0.1,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.schema import CacheError, CacheMeta, EncoderInfo
 
 from .config import TrainConfig
@@ -36,14 +37,9 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary file + os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    remove_stale_tmp(path)  # left by a run killed inside an earlier write
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -16,9 +16,11 @@ from typing import Optional
 
 import typer
 
+from scav.cli_common import VERSION_OPTION, make_app
+
 from .config import ModelConfig, ObjectiveConfig, TrainConfig
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = make_app(help=__doc__.split("\n\n")[0])
 
 
 class Objective(str, Enum):
@@ -106,6 +108,7 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and validation choice."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (same options)."),
+    version: bool = VERSION_OPTION,
 ) -> None:
     """Train a SCAV/CAV model; writes checkpoints, metrics.jsonl, averaged.pt and curves.png."""
     from scav.core.schema import CacheError

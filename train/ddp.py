@@ -29,17 +29,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this rank's GPU when CUDA is there, else CPU."""
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {pref!r} requested but CUDA is not available")
-    if pref == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(pref)
-
-
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group described by torchrun's env vars (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from scav.core.cache import FeatureCache
+from scav.core.device import resolve_device
 from scav.core.loader import Batch, iter_eval_batches, make_train_loader
 
 from . import ddp
@@ -244,7 +245,7 @@ def run(cfg: TrainConfig) -> dict:
     cfg.validate()
     import os
 
-    device = ddp.resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = ddp.init_distributed(device)
     # No torch.use_deterministic_algorithms: the CPU kernels used here are
     # deterministic already (tests/test_train_resume.py checks bit-equal losses)

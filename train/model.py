@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scav.sequence.pooling import masked_mean
+
 from .config import ModelConfig, ObjectiveConfig
 
 
@@ -111,12 +113,6 @@ class SequenceEncoder(nn.Module):
         return self.ln_out(h) * mask.unsqueeze(-1).to(h.dtype)
 
 
-def masked_mean(seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over valid steps: seq (B, T, c), mask (B, T) -> (B, c)."""
-    m = mask.unsqueeze(-1).to(seq.dtype)
-    return (seq * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
 class SCAVModel(nn.Module):
     def __init__(self, cfg: ModelConfig, video_dim: int, audio_dim: int, objective: ObjectiveConfig):
         super().__init__()
@@ -142,7 +138,7 @@ class SCAVModel(nn.Module):
     def _resample(x: torch.Tensor, mask: torch.Tensor, target_lengths: torch.Tensor | None):
         if target_lengths is None:
             return x, mask
-        from .distances import interpolate_to_lengths
+        from scav.sequence.distances import interpolate_to_lengths
 
         return interpolate_to_lengths(x, mask, target_lengths)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import distances, losses
+from scav.sequence import distances, losses
 from .config import ObjectiveConfig
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
-from ..core.schema import (
+from .cache import CacheWriter, ClipRecord, FeatureCache, new_meta
+from .files import atomic_path
+from .schema import (
     AUDIO,
     ROOT_KEY,
     VIDEO,
@@ -68,8 +69,7 @@ def export_h5(cache_path: str | os.PathLike, out: str | os.PathLike, split: str 
     cache = FeatureCache.open(cache_path)
     clips = cache.require_split(split) if split is not None else cache.clips()
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs[ROOT_KEY] = json.dumps(cache.meta.to_dict())
@@ -92,7 +92,6 @@ def export_h5(cache_path: str | os.PathLike, out: str | os.PathLike, split: str 
             g.attrs["duration"] = info.duration
             g.attrs["start"] = math.nan if info.start is None else info.start
             g.attrs["end"] = math.nan if info.end is None else info.end
-    os.replace(tmp, out)
     return len(clips)
 
 

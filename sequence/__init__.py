@@ -1,0 +1,1 @@
+"""Sequence math shared by training and retrieval: distances, losses, pooling."""
