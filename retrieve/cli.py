@@ -150,7 +150,7 @@ def run(cfg: RetrieveConfig, progress=None) -> dict:
         "encoders": encoders,
         "stand_in_encoders": bool(cache.meta.video.stand_in or cache.meta.audio.stand_in),
         "objective": {"kind": objective.kind, "distance": objective.distance,
-                      "interp": objective.interp, "direction": objective.direction},
+                      "interp": objective.interp, "resample": objective.resample},
         "seq_distance": distance.label,
         "num_queries": n,
         "num_candidates": n,

@@ -66,7 +66,7 @@ def latent_lengths(clips: list[ClipInfo], objective) -> tuple[np.ndarray, np.nda
     nv = np.array([c.n_video for c in clips], dtype=np.int64)
     na = np.array([c.n_audio for c in clips], dtype=np.int64)
     if objective.interp == "pre":
-        if objective.direction == "v2a":
+        if objective.resample == "video":
             nv = na.copy()
         else:
             na = nv.copy()

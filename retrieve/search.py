@@ -161,7 +161,7 @@ class SeqDistance:
     def from_objective(cls, obj_cfg) -> "SeqDistance":
         if not obj_cfg.uses_scav:
             return cls("euclidean", "v2a")
-        return cls(obj_cfg.distance, obj_cfg.direction, obj_cfg.gamma, obj_cfg.eps)
+        return cls(obj_cfg.distance, "v2a" if obj_cfg.resample == "video" else "a2v", obj_cfg.gamma, obj_cfg.eps)
 
     @property
     def label(self) -> str:
@@ -172,7 +172,8 @@ class SeqDistance:
 
         # interp only matters to the encoder; the distance itself is the same for pre/post
         return ObjectiveConfig(
-            kind="scav", distance=self.name, interp="post", direction=self.direction, gamma=self.gamma, eps=self.eps
+            kind="scav", distance=self.name, interp="post", resample="video" if self.direction == "v2a" else "audio",
+            gamma=self.gamma, eps=self.eps,
         )
 
     def matrix(self, video, video_mask, audio, audio_mask) -> torch.Tensor:

@@ -56,7 +56,7 @@ class DemoConfig:
     heads: int = 4
     mlp_hidden: int = 256
     interp: str = "post"  # SCAV's interpolation (paper, MUSIC: post a2v)
-    direction: str = "a2v"
+    resample: str = "audio"  # the paper's a->v: audio latents resampled to the video length
     data: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig overrides
 
     def validate(self) -> None:
@@ -188,7 +188,7 @@ def _train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
         keep_best=3, log_every=25, seed=cfg.seed, device="cpu",
         model=ModelConfig(c=cfg.c, video_layers=cfg.video_layers, audio_layers=cfg.audio_layers, heads=cfg.heads,
                           video_mlp_hidden=cfg.mlp_hidden, audio_mlp_hidden=cfg.mlp_hidden),
-        objective=ObjectiveConfig(kind=kind, interp=cfg.interp, direction=cfg.direction),
+        objective=ObjectiveConfig(kind=kind, interp=cfg.interp, resample=cfg.resample),
     )
 
 
@@ -372,7 +372,7 @@ def run(cfg: DemoConfig, console=None) -> dict:
         )
     ckpt_cav = st.run("train CAV (aggregation loss)", stage_train, cfg, cache, runs / "cav", "cav", console)
     ckpt_scav = st.run(
-        f"train SCAV (interpolated Euclidean, {cfg.interp} {cfg.direction})",
+        f"train SCAV (interpolated Euclidean, {cfg.interp}, {cfg.resample} resampled)",
         stage_train, cfg, cache, runs / "scav", "scav", console,
     )
     ret = st.run("retrieve: agg, seq, hybrid", stage_retrieve, cfg, cache,

@@ -19,8 +19,8 @@ from scav.train.objective import compute_loss
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=24, audio_mlp_hidden=24, dropout=0.0)
 CASES = {
     "cav": ObjectiveConfig(kind="cav", interp="post"),
-    "scav_pre_v2a": ObjectiveConfig(kind="scav", interp="pre", direction="v2a"),
-    "scav_post_a2v": ObjectiveConfig(kind="scav", interp="post", direction="a2v"),
+    "scav_pre_v2a": ObjectiveConfig(kind="scav", interp="pre", resample="video"),
+    "scav_post_a2v": ObjectiveConfig(kind="scav", interp="post", resample="audio"),
     "cav+scav_softdtw": ObjectiveConfig(kind="cav+scav", distance="soft_dtw", interp="post"),
 }
 N, WORLD = 3, 2  # clips per rank

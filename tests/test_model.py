@@ -26,18 +26,18 @@ def _batch(lengths, dim, seed):
     return x, m
 
 
-@pytest.mark.parametrize("interp,direction", [("post", "v2a"), ("pre", "v2a"), ("pre", "a2v")])
-def test_padding_invariance_and_shapes(interp, direction):
+@pytest.mark.parametrize("interp,resample", [("post", "video"), ("pre", "video"), ("pre", "audio")])
+def test_padding_invariance_and_shapes(interp, resample):
     torch.manual_seed(0)
-    model = SCAVModel(TINY, 12, 20, ObjectiveConfig(interp=interp, direction=direction)).eval()
+    model = SCAVModel(TINY, 12, 20, ObjectiveConfig(interp=interp, resample=resample)).eval()
     v, vm = _batch([9, 4, 7], 12, 1)
     a, am = _batch([3, 5, 2], 20, 2)
     with torch.no_grad():
         out = model(v, vm, a, am)
         assert out["video_emb"].shape == (3, 32) and out["audio_emb"].shape == (3, 32)
-        if interp == "pre" and direction == "v2a":
+        if interp == "pre" and resample == "video":
             assert torch.equal(out["video_mask"].sum(1), am.sum(1))  # video resampled to its audio's length
-        if interp == "pre" and direction == "a2v":
+        if interp == "pre" and resample == "audio":
             assert torch.equal(out["audio_mask"].sum(1), vm.sum(1))
         for key in ("video", "audio"):
             seq, mask = out[f"{key}_seq"], out[f"{key}_mask"]
@@ -56,7 +56,7 @@ def test_padding_invariance_and_shapes(interp, direction):
 
 def test_pre_interpolation_happens_before_the_encoder():
     torch.manual_seed(0)
-    model = SCAVModel(TINY, 12, 20, ObjectiveConfig(interp="pre", direction="v2a")).eval()
+    model = SCAVModel(TINY, 12, 20, ObjectiveConfig(interp="pre", resample="video")).eval()
     v, vm = _batch([9, 4], 12, 3)
     target = torch.tensor([3, 6])
     with torch.no_grad():

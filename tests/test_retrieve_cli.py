@@ -35,8 +35,8 @@ def make_checkpoint(tmp_path, cache_path, objective: ObjectiveConfig, name="ckpt
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retr")
     cache = make_learnable_cache(tmp / "f.zarr", {"train": 4, "test": 13}, lengths=(1.0, 3.0), seed=1)
-    post = make_checkpoint(tmp, cache, ObjectiveConfig(kind="scav", interp="post", direction="a2v"), "post.pt")
-    pre = make_checkpoint(tmp, cache, ObjectiveConfig(kind="scav", interp="pre", direction="v2a"), "pre.pt")
+    post = make_checkpoint(tmp, cache, ObjectiveConfig(kind="scav", interp="post", resample="audio"), "post.pt")
+    pre = make_checkpoint(tmp, cache, ObjectiveConfig(kind="scav", interp="pre", resample="video"), "pre.pt")
     return tmp, cache, post, pre
 
 

@@ -47,7 +47,7 @@ def test_help_explains_options_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "TORCH_ABSENT" in out
-    for opt in ("--cache", "--objective", "--distance", "--interp", "--direction", "--no-normalize", "--resume", "--crop"):
+    for opt in ("--cache", "--objective", "--distance", "--interp", "--resample", "--no-normalize", "--resume", "--crop"):
         assert opt in out
 
 

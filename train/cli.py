@@ -40,7 +40,12 @@ class Interp(str, Enum):
     post = "post"
 
 
-class Direction(str, Enum):
+class Resample(str, Enum):
+    video = "video"
+    audio = "audio"
+
+
+class Direction(str, Enum):  # deprecated alias of Resample (one release)
     v2a = "v2a"
     a2v = "a2v"
 
@@ -58,7 +63,7 @@ def default_interp(objective: str, distance: str) -> str:
 
 def build_config(
     cache: str, out: str, objective: str = "scav", distance: str = "euclidean", interp: str | None = None,
-    direction: str = "v2a", steps: int = 250_000, batch_size: int = 32, lr: float = 7e-4, warmup: int = 5000,
+    resample: str = "video", steps: int = 250_000, batch_size: int = 32, lr: float = 7e-4, warmup: int = 5000,
     weight_decay: float = 0.01, val_clips: int = 550, val_every: int = 1000, keep_best: int = 10,
     log_every: int = 50, precision: str = "fp32", workers: int = 0, crop: float | None = None, c: int = 512,
     video_layers: int = 8, audio_layers: int = 2, heads: int = 8, normalize: bool = True,
@@ -67,7 +72,7 @@ def build_config(
     model = ModelConfig(c=c, video_layers=video_layers, audio_layers=audio_layers, heads=heads)
     obj = ObjectiveConfig(
         kind=objective, distance=distance, interp=interp or default_interp(objective, distance),
-        direction=direction, normalize=normalize, lambda_init=lambda_init,
+        resample=resample, normalize=normalize, lambda_init=lambda_init,
     )
     cfg = TrainConfig(
         cache=cache, out=out, val_clips=val_clips, val_every=val_every, steps=steps, batch_size=batch_size,
@@ -86,7 +91,8 @@ def train(
     objective: Objective = typer.Option(Objective.scav, "--objective", help="scav: sequence-distance contrastive loss; cav: mean-pooled cosine (InfoNCE); cav+scav: both summed."),
     distance: Distance = typer.Option(Distance.euclidean, "--distance", help="Sequence distance of the SCAV loss (and of sequence retrieval in validation)."),
     interp: Optional[Interp] = typer.Option(None, "--interp", help="Interpolate raw features before the encoders (pre) or latents inside the distance (post); default: pre for scav+euclidean, else post."),
-    direction: Direction = typer.Option(Direction.v2a, "--direction", help="Which side is interpolated to the other's length: v2a = video to audio length."),
+    resample: Optional[Resample] = typer.Option(None, "--resample", help="Which modality is interpolated to the other's length: video (paper's v->a) or audio (a->v) [default: video]."),
+    direction: Optional[Direction] = typer.Option(None, "--direction", hidden=True, help="Deprecated: --resample (v2a = video, a2v = audio)."),
     steps: int = typer.Option(250_000, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(32, "--batch-size", help="Clips per step and per process (negatives = world size x this)."),
     lr: float = typer.Option(7e-4, "--lr", help="Peak learning rate (AdamW, betas 0.95/0.98)."),
@@ -113,12 +119,21 @@ def train(
     """Train a SCAV/CAV model; writes checkpoints, metrics.jsonl, averaged.pt and curves.png."""
     from scav.core.schema import CacheError
 
+    from .config import LEGACY_DIRECTION
+
+    if direction is not None:
+        typer.echo("warning: --direction is deprecated and will be removed in the next release; "
+                   f"use --resample {LEGACY_DIRECTION[direction.value]}", err=True)
+        if resample is not None and resample.value != LEGACY_DIRECTION[direction.value]:
+            typer.echo("error: --direction and --resample disagree", err=True)
+            raise typer.Exit(2)
+    resample_v = resample.value if resample else LEGACY_DIRECTION[direction.value] if direction else "video"
     interp_v = interp.value if interp else default_interp(objective.value, distance.value)
-    out = out or f"runs/{objective.value}-{distance.value}-{interp_v}-{direction.value}"
+    out = out or f"runs/{objective.value}-{distance.value}-{interp_v}-{resample_v}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = build_config(
-            cache, out, objective.value, distance.value, interp_v, direction.value, steps, batch_size, lr, warmup,
+            cache, out, objective.value, distance.value, interp_v, resample_v, steps, batch_size, lr, warmup,
             weight_decay, val_clips, val_every, keep_best, log_every, precision.value, workers, crop, c,
             video_layers, audio_layers, heads, not no_normalize, lambda_init, seed, device, resume,
         )

@@ -15,7 +15,9 @@ from typing import Any
 OBJECTIVES = ("cav", "scav", "cav+scav")
 DISTANCES = ("euclidean", "soft_dtw", "wasserstein")
 INTERPS = ("pre", "post")
-DIRECTIONS = ("v2a", "a2v")
+RESAMPLES = ("video", "audio")  # which modality is resampled to the other's length
+# Deprecated (one release): the old name of `resample`, with the retrieval-style literals.
+LEGACY_DIRECTION = {"v2a": "video", "a2v": "audio"}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -61,15 +63,16 @@ class ObjectiveConfig:
     """What the model is trained to do.
 
     kind: 'cav' (aggregation, §III-B), 'scav' (sequence, §III-C) or 'cav+scav'
-    (Table IV multi-task). ``interp``/``direction`` say which sequence is
-    interpolated to the other's length and where: 'pre' = raw features before
-    the MLP/Transformer, 'post' = latent sequences inside the distance.
+    (Table IV multi-task). ``resample`` says which modality is interpolated to
+    the other's length ('video' = the paper's v→a, 'audio' = a→v) and ``interp``
+    where: 'pre' = raw features before the MLP/Transformer, 'post' = latent
+    sequences inside the distance. (Retrieval's a2v / v2a name the *query* side.)
     """
 
     kind: str = "scav"
     distance: str = "euclidean"
     interp: str = "pre"
-    direction: str = "v2a"
+    resample: str = "video"
     normalize: bool = True  # z-score the distance matrix (Table IV ablation 1)
     lambda_init: float = 1.0  # SCAV temperature init (Table IV ablation 2: 0.07)
     tau_init: float = 0.07  # CAV temperature init
@@ -80,7 +83,7 @@ class ObjectiveConfig:
         _check(self.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}, got {self.kind!r}")
         _check(self.distance in DISTANCES, f"objective.distance must be one of {DISTANCES}, got {self.distance!r}")
         _check(self.interp in INTERPS, f"objective.interp must be one of {INTERPS}, got {self.interp!r}")
-        _check(self.direction in DIRECTIONS, f"objective.direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        _check(self.resample in RESAMPLES, f"objective.resample must be one of {RESAMPLES}, got {self.resample!r}")
         for name in ("lambda_init", "tau_init", "gamma", "eps"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v > 0, f"objective.{name} must be a positive number, got {v}")
@@ -168,7 +171,18 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         d["model"] = ModelConfig(**d.get("model", {}))
-        d["objective"] = ObjectiveConfig(**d.get("objective", {}))
+        d["objective"] = ObjectiveConfig(**_upgrade_objective(d.get("objective", {})))
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+def _upgrade_objective(d: dict[str, Any]) -> dict[str, Any]:
+    """Read configs written before ``direction`` was renamed ``resample`` (checkpoints, config.json)."""
+    d = dict(d)
+    if "direction" in d:
+        old = d.pop("direction")
+        if old not in LEGACY_DIRECTION:
+            raise ValueError(f"objective.direction must be one of {tuple(LEGACY_DIRECTION)}, got {old!r}")
+        d.setdefault("resample", LEGACY_DIRECTION[old])
+    return d

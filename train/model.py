@@ -159,7 +159,7 @@ class SCAVModel(nn.Module):
         """Paired clips: video (B, T, Dv), audio (B, S, Da) -> latent sequences and embeddings."""
         v_target = a_target = None
         if self.objective.interp == "pre":
-            if self.objective.direction == "v2a":
+            if self.objective.resample == "video":
                 v_target = audio_mask.sum(1)
             else:
                 a_target = video_mask.sum(1)

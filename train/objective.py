@@ -37,7 +37,7 @@ def sequence_distance(
     if not obj_cfg.uses_scav:
         return distances.interp_euclidean_matrix(video_seq, video_mask, audio_seq, audio_mask, direction="x2y")
     if obj_cfg.distance == "euclidean":
-        kw = {"direction": "x2y" if obj_cfg.direction == "v2a" else "y2x"}
+        kw = {"direction": "x2y" if obj_cfg.resample == "video" else "y2x"}
     elif obj_cfg.distance == "soft_dtw":
         kw = {"gamma": obj_cfg.gamma}
     else:
