@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from scav.retrieve.metrics import summarize_ranks
+from scav.sequence.metrics import summarize_ranks
 from scav.retrieve.search import Latents, SearchConfig, SeqDistance, agg_search, hybrid_rerank, seq_search
 
 # Paper Table III (seconds for 1K queries among 10K candidates; V100 GPU / their CPU)

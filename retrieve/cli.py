@@ -81,7 +81,7 @@ def run(cfg: RetrieveConfig, progress=None) -> dict:
     from scav.train.checkpoint import CheckpointError, check_cache_matches, load_model
 
     from . import embed, search
-    from .metrics import summarize_ranks
+    from scav.sequence.metrics import summarize_ranks
 
     cfg.validate()
     cache = FeatureCache.open(cfg.cache)

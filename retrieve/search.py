@@ -22,7 +22,7 @@ Memory is bounded by the block sizes, not by the split: candidates are read chun
 chunk from a :class:`Latents` store (RAM or ``np.memmap``), and per query only the rank
 of its positive (and, for hybrid, a running top-k) is kept, never the (Q, N) matrix.
 
-Ranks follow the tie rule of :mod:`scav.retrieve.metrics` (stable by candidate index).
+Ranks follow the tie rule of :mod:`scav.sequence.metrics` (stable by candidate index).
 Each score is computed exactly once, by the same code path, so the positive's own score
 is compared with bitwise-identical values: the chunks holding a query block's positives
 are scored first, their positives' scores read off, then all chunks are counted.
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .metrics import count_ahead
+from scav.sequence.metrics import count_ahead
 
 log = logging.getLogger(__name__)
 

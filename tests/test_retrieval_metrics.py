@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scav.retrieve.metrics import count_ahead, median_rank, ranks_from_scores, summarize_ranks
+from scav.sequence.metrics import count_ahead, median_rank, ranks_from_scores, summarize_ranks
 
 
 def loop_ranks(scores: list[list[float]]) -> list[int]:

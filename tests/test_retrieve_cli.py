@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cache_factory import make_learnable_cache, make_random_cache
 from scav.core.cache import FeatureCache
 from scav.retrieve.cli import RetrieveConfig, app, run
-from scav.retrieve.metrics import ranks_from_scores, summarize_ranks
+from scav.sequence.metrics import ranks_from_scores, summarize_ranks
 from scav.train.checkpoint import make_payload, save_checkpoint
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.model import SCAVModel

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scav.retrieve.metrics import ranks_from_scores
+from scav.sequence.metrics import ranks_from_scores
 from scav.retrieve.search import (
     Latents,
     RunningTopK,
