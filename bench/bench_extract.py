@@ -1,20 +1,31 @@
-"""Extraction throughput vs decode-only throughput on the same generated files.
+"""Extraction throughput against its two ceilings, decoding alone and the encoders alone, in one run.
 
-    .venv/bin/python bench/bench_extract.py --quick          # smoke size
-    .venv/bin/python bench/bench_extract.py --clips 64 --seconds 10 --size 224
+    .venv/bin/python bench/bench_extract.py --quick                 # CI smoke, about a minute on 2 cores
+    .venv/bin/python bench/bench_extract.py                          # 32 clips x 10 s at 320 px, stand-ins + tiny
+    python3 bench/bench_extract.py --device cuda --models full --clips 256 --size 640   # the issue-13 figure
 
-For each encoder pair, the full runner (decode threads + encode + cache write)
-is timed against decoding alone with the same number of decode threads, in one
-run on the same files. ratio = extraction clips/s / decode-only clips/s: 1.0
-means the encoders are fully hidden behind decoding. The tiny CLIP/BEATs rows
-use randomly initialised small models (tests/tiny_models.py), so they measure
-the code path, not the real models' cost.
+For each encoder pair, on the same generated files (25 fps, stereo 44.1 kHz):
+
+- decode only: the decode pool on all cores, clips consumed and dropped;
+- encoders only: clips decoded beforehand, then the video encoder's
+  ``encode_many`` in groups of ``--frame-batch`` frames (frames/s) and the
+  audio encoder's ``encode_many`` (clips/s), timed apart; their combined rate
+  is clips / (video time + audio time);
+- end to end: ``scav-extract``'s runner (decode pool, encoders, cache write),
+  and the in-process reference path (``--decode-workers 0``) beside it;
+- ratio = end-to-end / min(decode only, encoders only): 1.0 means the slower
+  side is the only limit.
+
+Models: ``stand-in`` (pixels + fbank), ``tiny`` (tests/tiny_models.py),
+``full`` (CLIP ViT-B/32 and BEATs iter3 of the released architectures with
+random weights, saved the way the released weights are and loaded through the
+project's own builders; ~150 MB written to a temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
+import json
 import shutil
 import sys
 import tempfile
@@ -23,89 +34,221 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def make_files(folder: Path, n: int, seconds: float, size: int, fps: float = 25.0) -> Path:
+# BEATs iter3 / iter3+ AS2M as released (the cfg stored in BEATs_iter3_plus_AS2M*.pt)
+FULL_BEATS_CFG = {
+    "input_patch_size": 16, "embed_dim": 512, "conv_bias": False, "encoder_layers": 12,
+    "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
+    "activation_fn": "gelu", "layer_wise_gradient_decay_ratio": 0.6, "layer_norm_first": False,
+    "deep_norm": True, "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.05, "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
+    "relative_position_embedding": True, "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True,
+    "finetuned_model": True, "predictor_dropout": 0.0, "predictor_class": 527,
+}
+
+
+def make_files(folder: Path, n: int, seconds: float, width: int, fps: float = 25.0) -> Path:
     from scav.data_manifests.manifest import ManifestRow, write_manifest
     from scav.data_manifests.media import AudioSpec, write_media
 
     rng = np.random.default_rng(0)
     rows = []
-    h, w = size * 3 // 4 // 2 * 2, size
+    h, w = width * 9 // 16 // 2 * 2, width
+    t = int(seconds * fps)
+    x = np.linspace(0, 1, w)[None, None, :] + np.linspace(0, 1, h)[None, :, None] + np.arange(t)[:, None, None] / t
     for i in range(n):
-        t = int(seconds * fps)
         # smooth moving gradients: compress like real video, unlike white noise
-        x = np.linspace(0, 1, w)[None, None, :] + np.linspace(0, 1, h)[None, :, None] + np.arange(t)[:, None, None] / t
-        frames = (np.stack([np.sin(x * (3 + c + i)) for c in range(3)], -1) * 120 + 128).astype(np.uint8)
+        frames = (np.stack([np.sin(x * (3 + c + i % 5)) for c in range(3)], -1) * 120 + 128).astype(np.uint8)
         audio = AudioSpec(rng.uniform(-0.3, 0.3, (2, int(seconds * 44100))).astype(np.float32), 44100)
         write_media(folder / "media" / f"v{i}.mp4", frames, fps=fps, audio=[audio])
         rows.append(ManifestRow(f"c{i}", f"media/v{i}.mp4", split="bench"))
     return write_manifest(rows, folder / "bench.csv")
 
 
-def decode_only(folder: Path, n: int, threads: int) -> tuple[float, int]:
-    from scav.extract.decode import decode_clip
+def make_full_clip_dir(folder: Path) -> Path:
+    """CLIP ViT-B/32 vision tower (transformers' defaults are exactly it) with random weights."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    paths = [folder / "media" / f"v{i}.mp4" for i in range(n)]
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    torch.manual_seed(0)
+    out = folder / "clip-vit-b32-random"
+    CLIPVisionModel(CLIPVisionConfig()).eval().save_pretrained(out)
+    Processor().save_pretrained(out)  # defaults: shortest edge 224 bicubic, centre crop 224, CLIP mean/std
+    return out
+
+
+def make_full_beats_ckpt(folder: Path) -> Path:
+    """BEATs iter3+ AS2M (fine-tuned format, 527-class head) with random weights, official file format."""
+    from unittest import mock
+
+    import speechbrain.lobes.models.beats as sb_beats
+    import torch
+
+    torch.manual_seed(0)
+    real = sb_beats.BEATsConfig
+    with mock.patch.object(sb_beats, "BEATsConfig", lambda _=None: real(dict(FULL_BEATS_CFG))):
+        model = sb_beats.BEATs(ckp_path=None, freeze=True)
+    path = folder / "beats-iter3-random.pt"
+    torch.save({"cfg": dict(FULL_BEATS_CFG), "model": model.state_dict()}, path)
+    return path
+
+
+def specs_for(models: list[str], folder: Path, frame_batch: int):
+    from scav.extract.runner import EncoderSpec
+
+    out = []
+    if "stand-in" in models:
+        out.append(("pixels + fbank (stand-ins)", EncoderSpec(frame_batch=frame_batch)))
+    if "tiny" in models:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny_models import make_tiny_beats_ckpt, make_tiny_clip_dir
+
+        out.append(("tiny CLIP + tiny BEATs", EncoderSpec(
+            "clip-vit-b32", "beats-iter3-as2m", str(make_tiny_clip_dir(folder / "tiny")),
+            str(make_tiny_beats_ckpt(folder / "tiny")), frame_batch=frame_batch)))
+    if "full" in models:
+        out.append(("CLIP B/32 + BEATs (random)", EncoderSpec(
+            "clip-vit-b32", "beats-iter3-as2m", str(make_full_clip_dir(folder)), str(make_full_beats_ckpt(folder)),
+            frame_batch=frame_batch)))
+    return out
+
+
+def decode_only(rows, root: Path, workers: int) -> tuple[float, int]:
+    from scav.extract.decode_pool import ProcessDecodeSource, release
+
     t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(threads) as pool:
-        frames = sum(len(c.frames) for c in pool.map(lambda p: decode_clip(p), paths))
+    frames = 0
+    with ProcessDecodeSource(rows, root, workers, prefetch=workers) as src:
+        for _, clip in src:
+            frames += len(clip.frames)
+            release(clip)
     return time.perf_counter() - t0, frames
 
 
-def extract(folder: Path, manifest: Path, spec, threads: int) -> tuple[float, int]:
+def encoders_only(spec, device: str, clips: list, frame_batch: int) -> dict:
+    """Video frames/s and audio clips/s on already-decoded clips, at the runner's batch sizes."""
+    from scav.extract.runner import _encode_each, build_encoders
+
+    venc, aenc = build_encoders(spec, device)
+    sync = _sync(device)
+    groups, cur, n = [], [], 0  # the runner's grouping: consecutive clips up to frame_batch frames
+    for c in clips:
+        cur.append(c.frames)
+        n += len(c.frames)
+        if n >= frame_batch:
+            groups.append(cur)
+            cur, n = [], 0
+    if cur:
+        groups.append(cur)
+    _encode_each(venc, groups[0][:1])  # warm-up (CUDA kernels, allocator)
+    _encode_each(aenc, [clips[0].audio[0].samples])
+    sync()
+    t0 = time.perf_counter()
+    for g in groups:
+        _encode_each(venc, g)
+    sync()
+    tv = time.perf_counter() - t0
+    samples = [a.samples for c in clips for a in c.audio]
+    t0 = time.perf_counter()
+    _encode_each(aenc, samples)
+    sync()
+    ta = time.perf_counter() - t0
+    frames = sum(len(c.frames) for c in clips)
+    return {"video_frames_per_s": frames / tv, "audio_clips_per_s": len(samples) / ta,
+            "clips_per_s": len(clips) / (tv + ta), "frame_batch": frame_batch}
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def end_to_end(folder: Path, manifest: Path, spec, device: str, workers: int, frame_batch: int) -> float:
     from scav.core.cache import FeatureCache
     from scav.extract.runner import ExtractConfig, build_encoders, run
 
-    build_encoders(spec, "cpu")  # model loading is not throughput
+    build_encoders(spec, device)  # model loading is not throughput
     out = folder / "bench.zarr"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = run(ExtractConfig(manifest=manifest, out=out, encoders=spec, decode_threads=threads, progress=False))
+    summary = run(ExtractConfig(manifest=manifest, out=out, encoders=spec, devices=(device,), progress=False,
+                                decode_workers=workers, frame_batch=frame_batch))
     seconds = time.perf_counter() - t0
     assert summary["failed"] == 0, summary["failures"]
-    return seconds, FeatureCache.open(out).summary()["video_steps"]
+    assert len(FeatureCache.open(out)) == summary["extracted"]
+    return seconds
 
 
 def main() -> None:
+    from scav.extract.decode_pool import available_cores, default_decode_workers
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="6 clips of 2 s at 64 px")
+    ap.add_argument("--quick", action="store_true", help="CI smoke: 8 clips of 2 s at 160 px, stand-ins + tiny")
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--size", type=int, default=224, help="frame width in pixels")
-    ap.add_argument("--threads", type=int, default=2, help="decode threads (and torch threads)")
-    ap.add_argument("--no-tiny", action="store_true", help="skip the tiny CLIP/BEATs rows")
+    ap.add_argument("--size", type=int, default=320, help="frame width in pixels (height = width x 9/16)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (encoders' device)")
+    ap.add_argument("--models", default="stand-in,tiny", help="comma-separated: stand-in, tiny, full")
+    ap.add_argument("--decode-workers", type=int, default=None, help="default: cores minus one per GPU")
+    ap.add_argument("--frame-batch", type=int, default=1024)
+    ap.add_argument("--encode-clips", type=int, default=8, help="clips decoded beforehand for 'encoders only'")
+    ap.add_argument("--no-reference", action="store_true", help="skip the --decode-workers 0 end-to-end row")
+    ap.add_argument("--json", dest="json_path", help="also write the figures to this file")
     args = ap.parse_args()
     if args.quick:
-        args.clips, args.seconds, args.size = 6, 2.0, 64
+        args.clips, args.seconds, args.size = 8, 2.0, 160
+    device = "cuda:0" if args.device == "cuda" else args.device
+    cores = available_cores()
+    workers = args.decode_workers if args.decode_workers is not None else default_decode_workers(
+        1 if device.startswith("cuda") else 0)
 
-    import torch
+    from scav.data_manifests.manifest import load_manifest
+    from scav.extract.decode import decode_clip
 
-    from scav.extract.runner import EncoderSpec
-
-    torch.set_num_threads(args.threads)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        t0 = time.perf_counter()
         manifest = make_files(folder, args.clips, args.seconds, args.size)
-        specs = [("pixels + fbank (stand-ins)", EncoderSpec())]
-        if not args.no_tiny:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from tiny_models import make_tiny_beats_ckpt, make_tiny_clip_dir
-
-            specs.append((
-                "tiny CLIP + tiny BEATs",
-                EncoderSpec("clip-vit-b32", "beats-iter3-as2m", str(make_tiny_clip_dir(folder / "clip")),
-                            str(make_tiny_beats_ckpt(folder / "beats"))),
-            ))
-        decode_only(folder, args.clips, args.threads)  # warm-up: page cache, imports
-        print(f"{args.clips} clips x {args.seconds:g} s, {args.size} px wide, 25 fps, stereo 44.1 kHz; "
-              f"{args.threads} decode/torch threads")
-        print(f"{'encoders':28s} {'clips/s':>9s} {'frames/s':>9s} {'decode-only clips/s':>20s} {'ratio':>6s}")
-        for name, spec in specs:
-            dec_s, frames = decode_only(folder, args.clips, args.threads)  # re-measured next to each row
-            ext_s, steps = extract(folder, manifest, spec, args.threads)
-            assert steps == frames, (steps, frames)
-            dec_rate, ext_rate = args.clips / dec_s, args.clips / ext_s
-            print(f"{name:28s} {ext_rate:9.2f} {steps / ext_s:9.0f} {dec_rate:20.2f} {ext_rate / dec_rate:6.2f}")
+        print(f"{args.clips} clips x {args.seconds:g} s, {args.size} px wide, 25 fps, stereo 44.1 kHz "
+              f"(generated in {time.perf_counter() - t0:.0f} s); {cores} cores, device {device}, "
+              f"{workers} decode workers, frame batch {args.frame_batch}", flush=True)
+        rows = load_manifest(manifest)
+        decode_only(rows[: min(4, len(rows))], folder, cores)  # warm-up: page cache, imports
+        dec_s, frames = decode_only(rows, folder, cores)
+        dec_rate = args.clips / dec_s
+        print(f"decode only, {cores} workers (all cores): {dec_rate:.2f} clips/s, {frames / dec_s:.0f} frames/s",
+              flush=True)
+        pre = [decode_clip(folder / r.path) for r in rows[: min(args.encode_clips, len(rows))]]
+        header = (f"{'encoders':28s} {'e2e clips/s':>11s} {'ref clips/s':>11s} {'enc clips/s':>11s} "
+                  f"{'CLIP fr/s':>10s} {'audio cl/s':>10s} {'e2e/min':>8s}")
+        print(header)
+        for name, spec in specs_for([m.strip() for m in args.models.split(",")], folder, args.frame_batch):
+            enc = encoders_only(spec, device, pre, args.frame_batch)
+            e2e = args.clips / end_to_end(folder, manifest, spec, device, workers, args.frame_batch)
+            ref = None if args.no_reference else args.clips / end_to_end(folder, manifest, spec, device, 0,
+                                                                          args.frame_batch)
+            ratio = e2e / min(dec_rate, enc["clips_per_s"])
+            results.append({"encoders": name, "end_to_end_clips_per_s": e2e, "reference_clips_per_s": ref,
+                            "decode_only_clips_per_s": dec_rate, **{f"encoders_{k}": v for k, v in enc.items()},
+                            "ratio_e2e_over_min": ratio, "e2e_over_decode": e2e / dec_rate})
+            print(f"{name:28s} {e2e:11.2f} {ref if ref is not None else float('nan'):11.2f} "
+                  f"{enc['clips_per_s']:11.2f} {enc['video_frames_per_s']:10.0f} {enc['audio_clips_per_s']:10.1f} "
+                  f"{ratio:8.2f}", flush=True)
+    print("e2e: decode pool + encoders + cache write; ref: the same with --decode-workers 0 (threads in-process); "
+          "e2e/min: end to end / min(decode only, encoders only)")
+    if args.json_path:
+        meta = {"clips": args.clips, "seconds": args.seconds, "width": args.size, "cores": cores, "device": device,
+                "decode_workers": workers, "frame_batch": args.frame_batch, "date": time.strftime("%Y-%m-%d")}
+        Path(args.json_path).write_text(json.dumps({"setup": meta, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":

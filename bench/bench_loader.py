@@ -378,7 +378,7 @@ def main(argv=None) -> int:
         warm = ids[: args.warm_clips]
         warm_bytes = feature_bytes(cache, warm)
         # the data files of the parts that hold the warm clips
-        warm_files = [f for pi in sorted({cache._locate(c)[0] for c in warm}) for f in data_files(cache.parts[pi].path)]
+        warm_files = [f for pi in sorted({cache.locate(c)[0] for c in warm}) for f in data_files(cache.parts[pi].path)]
         pin = None
         if not args.no_pin:
             pin = PinnedFiles(warm_files)

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from scav.sequence.metrics import summarize_ranks
-from scav.retrieve.search import Latents, SearchConfig, SeqDistance, agg_search, hybrid_rerank, seq_search
+from scav.retrieve.search import Latents, SearchConfig, agg_search, hybrid_rerank, seq_search
+from scav.sequence.spec import DistanceSpec
 
 # Paper Table III (seconds for 1K queries among 10K candidates; V100 GPU / their CPU)
 PAPER = {
@@ -117,7 +118,7 @@ def main() -> None:
     video, audio = make_latents(args.candidates, args.steps, args.dim, args.noise, seed=0)
     queries = audio.head(args.queries)  # A->V: the first Q audio clips query all N videos
     cfg = SearchConfig(query_block=args.query_block, candidate_chunk=args.candidate_chunk, device=args.device)
-    dist = SeqDistance("euclidean", "v2a")
+    dist = DistanceSpec("euclidean", resample="video")
 
     gflops = matmul_gflops(device, args.matmul_n, reps=3 if device.type == "cpu" else 20)
 

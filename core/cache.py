@@ -10,11 +10,18 @@ Reading::
     for batch in cache.iter_split("test", batch_size=64):
         ...                              # lists of ClipFeatures
 
-Writing (one writer per part; parts are committed by an atomic rename)::
+Writing (one run at a time holds the cache lock; one writer per part; parts are
+committed by an atomic rename)::
 
-    writer = CacheWriter.create_or_open("features.zarr", meta)
-    writer.done_clip_ids()               # what a resumed run may skip
-    writer.write_part(records, failures)
+    with CacheWriter.create_or_open("features.zarr", meta) as writer:
+        writer.done_clip_ids()           # what a resumed run may skip
+        writer.write_part(records, failures)
+
+Damage: a part whose ``zarr.json`` cannot be read is listed in
+``FeatureCache.damaged`` (its clips are not served; the rest of the cache is);
+a chunk that is missing, truncated or fails its crc32c raises a CacheError naming
+the part and the clip when read, never zeros.  ``scav.core.verify`` checks a
+whole cache.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -31,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from .schema import (
     AUDIO,
@@ -46,8 +53,14 @@ from .schema import (
     CacheMeta,
     ClipInfo,
     Failure,
+    TrackSelector,
     audio_track_name,
+    format_identity_diff,
 )
+from .checksum import FastCrc32cCodec
+from .chunk_layout import ArrayChunks, ChunkError
+from .mapped import MappedFiles
+from .writer_lock import HOLDER_FILE, LOCK_FILE, CacheLock, Staging, remove_abandoned_staging
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,7 @@ class ClipFeatures:
     video: np.ndarray  # (T, D_video)
     video_times: np.ndarray  # (T,)
     audio: np.ndarray  # (S, D_audio), the requested track
+    track: int = 0  # which of ``info.tracks`` ``audio`` is (the selector resolved for this clip)
 
     @property
     def clip_id(self) -> str:
@@ -77,12 +91,14 @@ class ClipFeatures:
 
 
 def _read_root_meta(path: Path) -> CacheMeta:
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"{path} is a file, not a SCAV cache (a cache is a folder)")
     meta_file = path / "zarr.json"
     if not meta_file.is_file():
         raise CacheError(f"{path} is not a SCAV cache (no zarr.json); run `scav-extract` first")
     try:
         attrs = json.loads(meta_file.read_text()).get("attributes", {})
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheError(f"{meta_file} is not valid JSON: {e}") from e
     if ROOT_KEY not in attrs:
         raise CacheError(f"{path} is a Zarr group but not a SCAV cache (no '{ROOT_KEY}' attributes)")
@@ -96,16 +112,41 @@ def _part_dirs(path: Path) -> list[Path]:
     return sorted(p for p in parts.iterdir() if p.is_dir() and p.name.startswith(PART_PREFIX))
 
 
+@dataclass
+class DamagedPart:
+    """A part that cannot be read as a whole (its clip table is lost or inconsistent)."""
+
+    name: str
+    reason: str
+    clip_ids: list[str]  # empty when the clip table itself is unreadable
+
+
+class PartDamaged(CacheError):
+    """A part whose zarr.json (clip table) cannot be read."""
+
+
 class Part:
     """One committed part: a few hundred clips with flat data + offsets arrays."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, strict: bool = False):
         self.path = path
-        self.group = zarr.open_group(str(path), mode="r")
-        attrs = self.group.attrs.asdict()
-        self.clips = [ClipInfo.from_dict(c) for c in attrs.get("clips", [])]
-        self.failures = [Failure(**f) for f in attrs.get("failures", [])]
+        self.strict = strict  # every chunk was written: a missing one is damage (schema minor 1)
+        try:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+            self.clips = [ClipInfo.from_dict(c) for c in attrs.get("clips", [])]
+            self.failures = [Failure(**f) for f in attrs.get("failures", [])]
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise PartDamaged(f"part {path.name}: zarr.json is damaged or missing ({type(e).__name__}: {e})") from None
+        self._group = None
         self._offsets: dict[str, np.ndarray] = {}
+        self._chunks: dict[str, ArrayChunks | None] = {}
+        self._maps = MappedFiles(limit=16)  # FeatureCache.get reads a few clips at a time
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(str(self.path), mode="r")
+        return self._group
 
     @property
     def name(self) -> str:
@@ -114,43 +155,92 @@ class Part:
     def array_name(self, modality: str, track: int = 0) -> str:
         return VIDEO if modality == VIDEO else f"{AUDIO}/{audio_track_name(track)}"
 
+    def has(self, array: str) -> bool:
+        return (self.path / array / "zarr.json").is_file()
+
+    def chunks(self, array: str) -> ArrayChunks | None:
+        """Byte layout of ``array`` (e.g. ``video/data``), None if not row-chunked."""
+        if array not in self._chunks:
+            try:
+                self._chunks[array] = ArrayChunks.open(self.path / array, self._maps, self.strict)
+            except ChunkError as e:
+                raise CacheError(f"part {self.name}: {e}") from None
+        return self._chunks[array]
+
+    def read_array(self, array: str, a: int, b: int, where: str = "") -> np.ndarray:
+        """Rows [a, b) of ``array``, every chunk checked (present, size, crc) first."""
+        where = where or f"part {self.name} of {self.path.parent.parent}"
+        chunks = self.chunks(array)
+        try:
+            if chunks is not None and chunks.raw:
+                return chunks.read(a, b)
+            missing = chunks.missing_files(a, b) if chunks is not None else []
+            if missing:
+                raise ChunkError(f"chunk file {missing[0]} is missing")
+            return self.group[array][a:b]
+        except ChunkError as e:
+            raise CacheError(f"{where}: {e}") from None
+        except (ValueError, OSError, RuntimeError, KeyError) as e:  # zarr: crc mismatch, bad chunk
+            raise CacheError(f"{where}: {array} cannot be read ({type(e).__name__}: {e})") from None
+
+    def expected_lengths(self, modality: str, track: int = 0) -> np.ndarray:
+        """Per-clip steps the clip table records for ``modality`` (audio ``track``)."""
+        if modality == VIDEO:
+            return np.array([c.n_video for c in self.clips], dtype=np.int64)
+        return np.array([c.tracks[track].n_steps if track < len(c.tracks) else 0 for c in self.clips],
+                        dtype=np.int64)
+
     def offsets(self, modality: str, track: int = 0) -> np.ndarray:
+        """Offsets of ``modality``, checked against the clip table and the data's length."""
         key = self.array_name(modality, track)
         if key not in self._offsets:
-            try:
-                self._offsets[key] = self.group[f"{key}/offsets"][:]
-            except KeyError:
-                self._offsets[key] = np.zeros(len(self.clips) + 1, dtype=np.int64)
+            n = len(self.clips)
+            if self.has(f"{key}/offsets"):
+                off = np.asarray(self.read_array(f"{key}/offsets", 0, n + 1), dtype=np.int64)
+            else:
+                off = np.zeros(n + 1, dtype=np.int64)
+            rows = self.chunks(f"{key}/data").rows if self.has(f"{key}/data") else 0
+            lengths = np.diff(off)
+            if len(off) != n + 1 or off[0] != 0 or (lengths < 0).any() or off[-1] != rows or not np.array_equal(
+                    lengths, self.expected_lengths(modality, track)):
+                raise CacheError(
+                    f"part {self.name}: {key}/offsets do not match the clip table or the data "
+                    f"(missing or damaged); run `scav-extract verify {self.path.parent.parent}`"
+                )
+            self._offsets[key] = off
         return self._offsets[key]
 
-    def data(self, modality: str, track: int = 0) -> zarr.Array:
-        return self.group[f"{self.array_name(modality, track)}/data"]
-
-    def read(self, row: int, modality: str, track: int = 0) -> np.ndarray:
+    def read(self, row: int, modality: str, track: int = 0, where: str = "") -> np.ndarray:
         off = self.offsets(modality, track)
         a, b = int(off[row]), int(off[row + 1])
         if a == b:
             return np.zeros((0, self.dim(modality, track)), dtype=FEATURE_DTYPE)
-        return self.data(modality, track)[a:b]
+        return self.read_array(f"{self.array_name(modality, track)}/data", a, b, where)
 
-    def read_times(self, row: int) -> np.ndarray:
+    def read_rows(self, modality: str, track: int, a: int, b: int, where: str = "") -> np.ndarray:
+        return self.read_array(f"{self.array_name(modality, track)}/data", a, b, where)
+
+    def read_times(self, row: int, where: str = "") -> np.ndarray:
         off = self.offsets(VIDEO)
-        return self.group[f"{VIDEO}/times"][int(off[row]) : int(off[row + 1])]
+        return self.read_array(f"{VIDEO}/times", int(off[row]), int(off[row + 1]), where)
 
     def dim(self, modality: str, track: int = 0) -> int:
-        try:
-            return int(self.data(modality, track).shape[1])
-        except KeyError:
+        array = f"{self.array_name(modality, track)}/data"
+        if not self.has(array):
             return 0
+        chunks = self.chunks(array)
+        return chunks.width if chunks is not None else int(self.group[array].shape[1])
 
 
 class FeatureCache:
     """A read-only view of a cache: splits, clips, and their feature sequences."""
 
-    def __init__(self, path: str | os.PathLike, meta: CacheMeta, parts: list[Part]):
+    def __init__(self, path: str | os.PathLike, meta: CacheMeta, parts: list[Part],
+                 damaged: list[DamagedPart] | None = None):
         self.path = Path(path)
         self.meta = meta
         self.parts = parts
+        self.damaged = damaged or []  # parts not served (unreadable clip table)
         self._index: dict[str, tuple[int, int]] = {}
         for pi, part in enumerate(parts):
             for row, info in enumerate(part.clips):
@@ -167,7 +257,17 @@ class FeatureCache:
         if not path.exists():
             raise CacheError(f"no cache at {path}")
         meta = _read_root_meta(path)
-        return cls(path, meta, [Part(p) for p in _part_dirs(path)])
+        parts, damaged = [], []
+        for p in _part_dirs(path):
+            try:
+                parts.append(Part(p, strict=meta.layout.checksums))
+            except PartDamaged as e:
+                damaged.append(DamagedPart(p.name, str(e), []))
+        if damaged:
+            # the rest of the cache stays usable; the damaged part's clips are simply absent
+            log.warning("%s: %d damaged part(s) not served: %s; run `scav-extract verify %s --repair`",
+                        path, len(damaged), ", ".join(d.name for d in damaged), path)
+        return cls(path, meta, parts, damaged)
 
     # -- the clip table ---------------------------------------------------
     def __len__(self) -> int:
@@ -177,7 +277,7 @@ class FeatureCache:
         return clip_id in self._index
 
     def info(self, clip_id: str) -> ClipInfo:
-        pi, row = self._locate(clip_id)
+        pi, row = self.locate(clip_id)
         return self.parts[pi].clips[row]
 
     def clips(self, split: str | None = None) -> list[ClipInfo]:
@@ -213,25 +313,31 @@ class FeatureCache:
         return list(seen.values())
 
     # -- features ---------------------------------------------------------
-    def _locate(self, clip_id: str) -> tuple[int, int]:
+    def locate(self, clip_id: str) -> tuple[int, int]:
+        """(part index, row) of a clip; CacheError if it is not in the cache."""
         try:
             return self._index[clip_id]
         except KeyError:
             raise CacheError(f"clip {clip_id!r} is not in {self.path}") from None
 
-    def get(self, clip_id: str, track: int = 0) -> ClipFeatures:
-        """One clip's video and audio (track ``track``) sequences."""
-        pi, row = self._locate(clip_id)
+    def get(self, clip_id: str, track: TrackSelector = 0) -> ClipFeatures:
+        """One clip's video and audio sequences; ``track`` selects the audio track by index
+        or language tag (``schema.TrackSelector``; CacheError if the clip has no such track)."""
+        pi, row = self.locate(clip_id)
         part = self.parts[pi]
+        info = part.clips[row]
+        j = info.track_index(track)
+        where = f"clip {clip_id!r} in part {part.name} of {self.path}"
         return ClipFeatures(
-            info=part.clips[row],
-            video=part.read(row, VIDEO),
-            video_times=part.read_times(row),
-            audio=part.read(row, AUDIO, track),
+            info=info,
+            video=part.read(row, VIDEO, 0, where),
+            video_times=part.read_times(row, where),
+            audio=part.read(row, AUDIO, j, where),
+            track=j,
         )
 
     def iter_split(
-        self, split: str, batch_size: int = 64, track: int = 0
+        self, split: str, batch_size: int = 64, track: TrackSelector = 0
     ) -> Iterator[list[ClipFeatures]]:
         """Iterate a split in cache order, in lists of ``batch_size`` clips.
 
@@ -261,51 +367,89 @@ class FeatureCache:
             "audio_steps": int(sum(c.n_audio for c in clips)),
             "multi_track_clips": int(sum(len(c.tracks) > 1 for c in clips)),
             "failures": len(self.failures()),
+            "checksums": self.meta.layout.checksums,
+            "damaged_parts": [d.name for d in self.damaged],
         }
 
 
 class CacheWriter:
     """Appends committed parts to a cache. Safe to kill at any moment.
 
-    A part is written under ``.staging/`` and renamed into ``parts/`` (atomic on
-    one filesystem); readers never see a partial part. Leftover staging folders
-    from a killed run are deleted when the cache is next opened for writing.
+    A part is written under this writer's own ``.staging/<writer>/`` and renamed into
+    ``parts/`` (atomic on one filesystem); readers never see a partial part.
+    ``create_or_open`` takes the cache lock (one run at a time, ``core/writer_lock``)
+    and removes staging folders of writers that are gone; a writer made directly
+    (a shard worker of the run holding the lock) takes only its staging lock.
     """
 
-    def __init__(self, path: Path, meta: CacheMeta):
-        self.path = path
+    def __init__(self, path: Path, meta: CacheMeta, lock: CacheLock | None = None):
+        self.path = Path(path)
         self.meta = meta
+        self._lock = lock
+        self._staging: Staging | None = None
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, meta: CacheMeta) -> "CacheWriter":
-        """Create a cache, or open an existing one whose encoders match ``meta``."""
+    def create_or_open(cls, path: str | os.PathLike, meta: CacheMeta, timeout: float = 0.0) -> "CacheWriter":
+        """Create a cache, or open an existing one whose encoders match ``meta``.
+
+        Refuses (CacheError naming the holder) while another run writes the cache; waits
+        up to ``timeout`` seconds for it first.
+        """
         path = Path(path)
-        if (path / "zarr.json").exists():
-            existing = _read_root_meta(path)
-            if existing.fingerprint() != meta.fingerprint():
-                raise CacheError(
-                    f"{path} holds features of video={existing.video.label}, "
-                    f"audio={existing.audio.label}; this run uses video={meta.video.label}, "
-                    f"audio={meta.audio.label}. Use another --out, or the same encoders."
-                )
-            meta = existing  # keep the layout the cache was created with
-        else:
-            if path.exists() and any(path.iterdir()):
-                raise CacheError(f"{path} exists, is not empty and is not a SCAV cache")
-            root = zarr.open_group(str(path), mode="w", zarr_format=3)
-            root.attrs[ROOT_KEY] = meta.to_dict()
-            zarr.open_group(str(path / PARTS_GROUP), mode="w", zarr_format=3)
-        staging = path / STAGING_DIR
-        if staging.exists():
-            shutil.rmtree(staging)  # parts of a killed run: never committed
-        staging.mkdir(parents=True)
-        return cls(path, meta)
+        if path.exists() and not path.is_dir():
+            raise CacheError(f"{path} is a file, not a cache folder; give --out a folder path")
+        if path.exists() and not (path / "zarr.json").exists() and not _scav_leftovers_only(path):
+            raise CacheError(f"{path} exists, is not empty and is not a SCAV cache")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = CacheLock(path, timeout)
+        try:
+            if (path / "zarr.json").exists():
+                existing = _read_root_meta(path)
+                if existing.fingerprint() != meta.fingerprint():
+                    raise CacheError(
+                        f"{path} holds features of other encoders than this run's (fingerprint "
+                        f"{existing.fingerprint()} vs {meta.fingerprint()}); what differs:\n"
+                        f"{format_identity_diff(existing.identity_diff(meta))}\n"
+                        "Use another --out, or the same encoders (weights and preprocessing)."
+                    )
+                meta = existing  # keep the layout the cache was created with
+            else:
+                zarr.open_group(str(path / PARTS_GROUP), mode="a", zarr_format=3)
+                # the root zarr.json last and atomically: a cache without it was never created,
+                # and a run killed before this point leaves only leftovers the next run reuses
+                _write_json_atomic(path / "zarr.json", {
+                    "zarr_format": 3, "node_type": "group", "attributes": {ROOT_KEY: meta.to_dict()}})
+            if lock.first:  # nobody else writes this cache: leftovers of dead writers can go
+                for name in remove_abandoned_staging(path):
+                    log.info("removed the staging folder %s of a writer that is gone", name)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, meta, lock)
+
+    def close(self) -> None:
+        """Release this writer's staging folder and, if held, the cache lock."""
+        if self._staging is not None:
+            self._staging.release()
+            self._staging = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def done_clip_ids(self) -> set[str]:
         """Clips already committed, successfully or as failures."""
         done: set[str] = set()
         for p in _part_dirs(self.path):
-            attrs = json.loads((p / "zarr.json").read_text()).get("attributes", {})
+            try:
+                attrs = json.loads((p / "zarr.json").read_text()).get("attributes", {})
+            except (OSError, ValueError):
+                continue  # a damaged part: its clips are not done (verify --repair sets it aside)
             done.update(c["clip_id"] for c in attrs.get("clips", []))
             done.update(f["clip_id"] for f in attrs.get("failures", []))
         return done
@@ -315,7 +459,9 @@ class CacheWriter:
         if not records and not failures:
             return None
         name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        tmp = self.path / STAGING_DIR / name
+        if self._staging is None:
+            self._staging = Staging(self.path)
+        tmp = self._staging.path / name
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         if records:
             self._write_modality(group, VIDEO, [r.video for r in records], times=[r.video_times for r in records])
@@ -329,6 +475,7 @@ class CacheWriter:
                 "failures": [f.to_dict() for f in failures],
             }
         )
+        _pause_for_tests()
         final = self.path / PARTS_GROUP / name
         os.replace(tmp, final)
         _fsync_dir(final.parent)
@@ -345,20 +492,30 @@ class CacheWriter:
         total = int(offsets[-1])
         layout = self.meta.layout
         chunk_rows = max(1, min(layout.chunk_rows, total))
+        # checksums: a crc32c after every chunk (the sharding codec adds one to its index by
+        # default) and every chunk written, so that a missing chunk file is damage, not zeros
+        crc = [FastCrc32cCodec()] if layout.checksums else []  # writes Zarr's "crc32c", faster
+        kw = {"config": {"write_empty_chunks": True}} if layout.checksums else {}
         data = group.create_array(
             f"{name}/data",
             shape=(total, dim),
             dtype=FEATURE_DTYPE,
             chunks=(chunk_rows, max(dim, 1)),
             shards=None if layout.shard_rows is None or total == 0 else (layout.shard_rows, max(dim, 1)),
-            compressors=_compressors(layout.compressor),
+            compressors=(_compressors(layout.compressor) or []) + crc or None,
+            **kw,
         )
+        small = {"compressors": [ZstdCodec(level=0), *crc], **kw} if layout.checksums else {}
         if total:
-            data[:] = np.concatenate([s for s in seqs if s is not None and len(s)]).astype(FEATURE_DTYPE)
-        off = group.create_array(f"{name}/offsets", shape=offsets.shape, dtype=OFFSET_DTYPE, chunks=offsets.shape)
+            # cast while concatenating: one pass over the features, not two
+            data[:] = np.concatenate([s for s in seqs if s is not None and len(s)], dtype=FEATURE_DTYPE,
+                                     casting="unsafe")
+        off = group.create_array(f"{name}/offsets", shape=offsets.shape, dtype=OFFSET_DTYPE, chunks=offsets.shape,
+                                 **small)
         off[:] = offsets
         if times is not None:
-            t = group.create_array(f"{name}/times", shape=(total,), dtype="float64", chunks=(max(1, total),))
+            t = group.create_array(f"{name}/times", shape=(total,), dtype="float64", chunks=(max(1, total),),
+                                   **small)
             if total:
                 t[:] = np.concatenate([np.asarray(x, dtype=np.float64) for x in times])
 
@@ -367,14 +524,44 @@ def _compressors(name: str | None):
     if name is None:
         return None
     if name == "zstd":
-        from zarr.codecs import ZstdCodec
-
         return [ZstdCodec(level=1)]
     if name == "blosc":
         from zarr.codecs import BloscCodec
 
         return [BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")]
     raise CacheError(f"unknown compressor {name!r}")
+
+
+def _scav_leftovers_only(path: Path) -> bool:
+    """Does ``path`` hold only what a cache creation killed before its root zarr.json leaves?"""
+    names = {p.name for p in path.iterdir()}
+    if not names <= {PARTS_GROUP, STAGING_DIR, LOCK_FILE, HOLDER_FILE}:
+        return False
+    return not _part_dirs(path)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# Tests of concurrent writers pause a writer inside a part (staged, not yet committed):
+# with SCAV_TEST_PAUSE_IN_PART=<dir> the writer creates <dir>/paused-<pid> and waits for
+# <dir>/resume (at most 120 s). Unset, this costs one environment lookup per part.
+PAUSE_ENV = "SCAV_TEST_PAUSE_IN_PART"
+
+
+def _pause_for_tests() -> None:
+    where = os.environ.get(PAUSE_ENV)
+    if not where:
+        return
+    d = Path(where)
+    (d / f"paused-{os.getpid()}").touch()
+    deadline = time.monotonic() + 120
+    while not (d / "resume").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -17,9 +17,12 @@ Layout (all attributes are numbers or UTF-8 strings; nothing is pickled)::
                             when present it is the clip table row, step counts re-checked)
 
 Import validates the whole file before writing: missing datasets, wrong
-ranks, times that do not match the frames and feature sizes that differ from
-the encoders each give a :class:`CacheError` naming the clip. Clips already in
-the target cache are skipped (dedupe by clip_id).
+ranks, empty sequences (a clip needs >= 1 video step and >= 1 step per audio
+track), NaN/Inf values, times that do not match the frames and feature sizes
+that differ from the encoders (their recorded size, or the known size of a
+named encoder) each give a :class:`CacheError` naming the file and the clip,
+and nothing is written.  A cache the import created is removed again if the
+import fails.  Clips already in the target cache are skipped (dedupe by clip_id).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from .files import atomic_path
 from .schema import (
     AUDIO,
     ROOT_KEY,
+    SCHEMA_MINOR,
     VIDEO,
     AudioTrack,
     CacheError,
@@ -213,38 +218,77 @@ def import_h5(in_h5: str | os.PathLike, out: str | os.PathLike, part_clips: int 
             raise CacheError(f"{in_h5}: no group '/clips'")
         clips = [_read_clip(f["clips"][name], name, in_h5) for name in f["clips"]]
         meta = _target_meta(_file_meta(f, in_h5), clips, out, in_h5, part_clips)
-        for info, video, _, tracks in clips:
+        for info, video, times, tracks in clips:
             _check_dims(info.clip_id, video.shape[1], meta.video, VIDEO, in_h5)
             for t in tracks:
                 _check_dims(info.clip_id, t.shape[1], meta.audio, AUDIO, in_h5)
-        writer = CacheWriter.create_or_open(out, meta)
-        present = {c.clip_id for c in FeatureCache.open(out).clips()}
-        size = part_clips or writer.meta.layout.part_clips
-        batch: list[ClipRecord] = []
-        imported = skipped = 0
-        for info, video, times, tracks in clips:
-            if info.clip_id in present:
-                skipped += 1
-                continue
-            present.add(info.clip_id)
-            batch.append(
-                ClipRecord(
-                    info,
-                    np.asarray(video[:], dtype=np.float16),
-                    np.asarray(times[:], dtype=np.float64),
-                    [np.asarray(t[:], dtype=np.float16) for t in tracks],
-                )
+            _check_values(info.clip_id, video, times, tracks, in_h5)
+        created = not (out / "zarr.json").exists()
+        try:
+            with CacheWriter.create_or_open(out, meta) as writer:
+                return _write_clips(writer, clips, out, part_clips)
+        except BaseException:
+            if created and (out / "zarr.json").exists():
+                shutil.rmtree(out, ignore_errors=True)  # a failed import leaves nothing behind
+            raise
+
+
+def _write_clips(writer: CacheWriter, clips, out: Path, part_clips: int | None) -> dict:
+    present = {c.clip_id for c in FeatureCache.open(out).clips()}
+    size = part_clips or writer.meta.layout.part_clips
+    batch: list[ClipRecord] = []
+    imported = skipped = 0
+    for info, video, times, tracks in clips:
+        if info.clip_id in present:
+            skipped += 1
+            continue
+        present.add(info.clip_id)
+        batch.append(
+            ClipRecord(
+                info,
+                np.asarray(video[:], dtype=np.float16),
+                np.asarray(times[:], dtype=np.float64),
+                [np.asarray(t[:], dtype=np.float16) for t in tracks],
             )
-            if len(batch) >= size:
-                writer.write_part(batch)
-                imported += len(batch)
-                batch = []
-        writer.write_part(batch)
-        imported += len(batch)
+        )
+        if len(batch) >= size:
+            writer.write_part(batch)
+            imported += len(batch)
+            batch = []
+    writer.write_part(batch)
+    imported += len(batch)
     return {"imported": imported, "skipped": skipped}
 
 
+def _check_values(clip_id: str, video, times, tracks, path: Path) -> None:
+    """Lengths >= 1 and finite values, as stored (float16: values beyond 65504 become Inf)."""
+    where = f"{path}: clip {clip_id!r}"
+    if video.shape[0] < 1:
+        raise CacheError(f"{where}: 'video' has no steps (a clip needs at least one)")
+    for j, t in enumerate(tracks):
+        if t.shape[0] < 1:
+            raise CacheError(f"{where}: audio track {j} has no steps (a clip needs at least one)")
+    for name, x in [("video", video), *((f"audio track {j}", t) for j, t in enumerate(tracks))]:
+        with np.errstate(over="ignore"):  # overflow to Inf is what is being checked
+            stored = np.asarray(x[:], dtype=np.float16)
+        if not np.isfinite(stored).all():
+            raise CacheError(f"{where}: {name} holds NaN or Inf values (or values too large for float16)")
+    if not np.isfinite(np.asarray(times[:], dtype=np.float64)).all():
+        raise CacheError(f"{where}: 'video_times' holds NaN or Inf values")
+
+
+# Feature sizes of the encoders SCAV knows by name (core must not import extract/): a file
+# that names one of them with another size is refused, not stored as a contradiction.
+KNOWN_DIMS = {"clip-vit-b32": 768, "beats-iter3-as2m": 6144}  # CLIP hidden size; BEATs 8 x 768 stacked
+
+
 def _check_dims(clip_id: str, dim: int, enc: EncoderInfo, modality: str, path: Path) -> None:
+    known = KNOWN_DIMS.get(enc.name)
+    if known is not None and dim != known:
+        raise CacheError(
+            f"{path}: clip {clip_id!r} has {modality} features of size {dim}, but encoder {enc.name!r} "
+            f"gives {known}"
+        )
     if dim != enc.dim:
         raise CacheError(
             f"{path}: clip {clip_id!r} has {modality} features of size {dim}, but the {modality} "
@@ -263,8 +307,9 @@ def _target_meta(file_meta, clips, out: Path, path: Path, part_clips: int | None
                 f"{path} holds features of video={file_meta.video.label}, audio={file_meta.audio.label}; "
                 f"{out} holds video={existing.video.label}, audio={existing.audio.label}"
             )
-        if existing is None and part_clips:
-            file_meta = replace(file_meta, layout=replace(file_meta.layout, part_clips=part_clips))
+        if existing is None:  # a new cache is written the current way (checksums), whatever the source had
+            layout = replace(file_meta.layout, checksums=True, part_clips=part_clips or file_meta.layout.part_clips)
+            file_meta = replace(file_meta, layout=layout, schema_minor=SCHEMA_MINOR)
         return existing or file_meta
     vname, aname, sums = file_meta
     if existing is not None:

@@ -18,18 +18,18 @@ batch mixes many places of the cache.  Every clip is served once per epoch;
 without reading them (exact resume of a killed run).
 
 Reading: clips are read by offsets straight from the chunk files of the Zarr
-arrays (``_FlatArray``; uncompressed layouts, plain or sharded; compressed ones
-fall back to Zarr): one memcpy per clip and modality (~0.4 and ~0.75 MB at the
+arrays (``chunk_layout.ArrayChunks``; uncompressed layouts, plain or sharded,
+with or without crc32c; compressed ones fall back to Zarr): one memcpy per clip and modality (~0.4 and ~0.75 MB at the
 paper's shapes) from a read-only map of the chunk file straight into the batch's
 padded float16 tensor.  This avoids Zarr's per-call overhead, which capped the
 one-clip-at-a-time path at a few hundred clips/s.  The maps belong to the open
-cache (``_files_for``) and outlive the epoch: from the second epoch on, warm
+cache (``clip_reader.files_for``) and outlive the epoch: from the second epoch on, warm
 reads are plain memcpys (on the bench VM ~3x what ``pread`` of the same
 page-cache bytes gave, which the loader used before).  Batches stay float16 as
 stored; ``Batch.to(device)`` casts to float32 after the move (free on a GPU;
 half the bytes to read and copy).
 
-Memory that is written once per batch is reused (``_BufferPool``): on the bench
+Memory that is written once per batch is reused (``buffers.BufferPool``): on the bench
 machine, page faults on fresh memory cost more than the reads themselves.  A
 buffer returns to the pool only when no tensor uses it, so batches a caller keeps
 are never overwritten.  Without workers, batches are built by one background
@@ -45,32 +45,63 @@ after the parent read zarr can deadlock, iohub #416; batches are allocated in
 shared memory so passing them back costs no copy; workers start once per epoch,
 a few seconds).  The main process yields
 batches in index order, so batches are identical with 0 or N workers.
+
+Every chunk is checked (size, and crc32c in caches that carry checksums) before a
+byte of it is served; a damaged one stops the loader with a CacheError naming the
+part and the clip.  A chunk's crc is computed once per open cache (the ``crc32c``
+library: ~20% more CPU on a first epoch than without checksums on the bench VM, none
+on later epochs), in the batch thread, so it overlaps the consumer's step.  With
+``VERIFY_AHEAD_MIN_CPUS`` usable CPUs, a second thread (``ClipReader.verify_ahead``)
+checks a freshly opened cache's chunks in the order the batches will need them, so
+that a spare core takes that work; the reads still wait for each chunk's check.
+
+Audio track: ``track`` (``schema.TrackSelector``: an index, or a language tag) is
+resolved per clip when the loader is made (``ClipInfo.track_index``); a selected
+clip without that track is a CacheError before anything is read (no fallback to
+another track). Clips with different track layouts mix freely in a batch.  Parts that could not be opened at all are listed by
+``FeatureCache.damaged`` and their clips are not in the clip table.
+
+Modules: ``epoch_order`` (the order), ``chunk_layout`` (Zarr v3 byte layout and its
+checks), ``mapped`` (chunk-file maps), ``clip_reader`` (clips by (part, row)),
+``buffers`` (reused batch memory), ``prefetch`` (the background thread); this
+module puts them together.
 """
+
 
 from __future__ import annotations
 
-import json
 import logging
-import mmap
 import os
-import queue
 import threading
-import weakref
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .buffers import alloc_padded, cast
 from .cache import FeatureCache
-from .schema import AUDIO, VIDEO, CacheError
+from .clip_reader import ClipReader
+from .epoch_order import epoch_order, make_blocks  # noqa: F401  (public names of this module)
+from .prefetch import in_thread
+from .schema import AUDIO, VIDEO, CacheError, TrackSelector, check_track_selector, describe_tracks
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER_CLIPS = 2048  # clips per shuffle window (an order, not memory: reads are per batch)
 DEFAULT_BLOCK_CLIPS = 8  # consecutive clips that stay together before the window shuffle
+# The verify-ahead thread needs a core of its own: on the 2-core bench VM (both cores busy with
+# the batch thread and the consumer) it cost more than checking inline (first epoch: +39% CPU
+# against +22%, bench/bench_checksum.py), so it runs only in-process (no DataLoader workers,
+# which are the parallelism there) with at least this many usable CPUs.
+VERIFY_AHEAD_MIN_CPUS = 4
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -93,9 +124,9 @@ class Batch:
         return Batch(
             self.clip_ids,
             self.sources,
-            _cast(self.video.to(device, non_blocking=non_blocking), dtype),
+            cast(self.video.to(device, non_blocking=non_blocking), dtype),
             self.video_mask.to(device, non_blocking=non_blocking),
-            _cast(self.audio.to(device, non_blocking=non_blocking), dtype),
+            cast(self.audio.to(device, non_blocking=non_blocking), dtype),
             self.audio_mask.to(device, non_blocking=non_blocking),
         )
 
@@ -113,442 +144,28 @@ class Batch:
         return len(self.clip_ids)
 
 
-# -- the order of an epoch (pure) ---------------------------------------------
+# -- batches ----------------------------------------------------------------
 
 
-def make_blocks(locs: np.ndarray, block_clips: int) -> list[np.ndarray]:
-    """Split ``locs`` (N, 2) = (part, row) in cache order into runs within one part.
-
-    Each run has at most ``block_clips`` clips; returns a list of index arrays into locs.
-    """
-    if len(locs) == 0:
-        return []
-    starts = np.flatnonzero(np.r_[True, locs[1:, 0] != locs[:-1, 0]])
-    ends = np.r_[starts[1:], len(locs)]
-    blocks = []
-    for a, b in zip(starts, ends):
-        for s in range(a, b, block_clips):
-            blocks.append(np.arange(s, min(s + block_clips, b)))
-    return blocks
-
-
-def epoch_order(
-    locs: np.ndarray, batch_size: int, seed: int, epoch: int, buffer_clips: int, block_clips: int
-) -> np.ndarray:
-    """Permutation of ``range(len(locs))`` giving the clip order of one epoch.
-
-    ``locs`` (N, 2) = (part, row) in cache order; see the module docstring.
-    """
-    rng = np.random.default_rng([int(seed), int(epoch)])
-    blocks = make_blocks(locs, block_clips)
-    if not blocks:
-        return np.zeros(0, dtype=np.int64)
-    stream = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
-    window = max(batch_size, (buffer_clips // batch_size) * batch_size)
-    out = np.empty_like(stream)
-    for a in range(0, len(stream), window):
-        w = stream[a : a + window]
-        out[a : a + len(w)] = w[rng.permutation(len(w))]
-    return out
-
-
-# -- reading clips ----------------------------------------------------------
-
-
-_MISSING = np.uint64(2**64 - 1)  # shard index entry of a chunk that was never written
-
-
-_MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)  # absent on some platforms: no prefetch
-
-
-def _map_limit() -> int:
-    """Chunk files kept mapped per reader: a 20k-clip cache has ~6,300 of them and mapping
-    again costs the page faults again. A quarter of the kernel's map count limit, at most 16,384."""
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            limit = int(f.read())
-    except (OSError, ValueError):
-        limit = 65530  # Linux's default
-    return max(64, min(16384, limit // 4))
-
-
-class _MappedFile:
-    """One chunk file mapped read-only: ``data`` (uint8 array over the map), ``madvise``."""
-
-    __slots__ = ("data", "_map")
-
-    def __init__(self, fd: int):
-        size = os.fstat(fd).st_size
-        self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
-        self.data = np.frombuffer(self._map, dtype=np.uint8) if size else np.empty(0, np.uint8)
-
-    def will_need(self, offset: int, length: int) -> None:
-        if self._map is None or _MADV_WILLNEED is None:
-            return
-        start = offset - offset % mmap.PAGESIZE  # madvise wants a page-aligned start
-        self._map.madvise(_MADV_WILLNEED, start, min(len(self._map), offset + length) - start)
-
-
-class _MappedFiles:
-    """Read-only maps of chunk files by path, the ``limit`` most recently used kept.
-
-    Why maps and not ``pread``: once a page is mapped, reading it is a plain memcpy in
-    user space; on the bench VM that ran at 4.2-5.9 GB/s against 1.5-1.9 GB/s for
-    ``pread`` of the same page-cache bytes into a batch-sized buffer (same runs; see
-    bench_loader.py). Maps live as long as the open cache, so later epochs fault nothing in.
-    An evicted map is only dereferenced: arrays still viewing it keep it alive. The cache's
-    chunk files are written once and never modified (a file truncated under a live map
-    would raise SIGBUS on access, as for any mmap reader).
-    """
-
-    def __init__(self, limit: int | None = None):
-        self.limit = limit or _map_limit()
-        self._maps: OrderedDict[str, _MappedFile | None] = OrderedDict()
-        self._lock = threading.Lock()  # shared by the readers of one open cache (train + validation)
-
-    def get(self, path: str) -> _MappedFile | None:
-        """The map of ``path``, or None if the file does not exist (an unwritten chunk)."""
-        with self._lock:
-            if path in self._maps:
-                self._maps.move_to_end(path)
-                return self._maps[path]
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            m = None
-        else:
-            try:
-                m = _MappedFile(fd)
-            finally:
-                os.close(fd)  # the map holds its own reference to the file
-        with self._lock:
-            self._maps[path] = m
-            if len(self._maps) > self.limit:
-                self._maps.popitem(last=False)
-        return m
-
-
-class _FlatArray:
-    """Byte-level access to one uncompressed 2-D float16 Zarr v3 array (no Zarr calls).
-
-    Understands plain chunks and ``sharding_indexed`` shards whose inner chunks are
-    raw little-endian bytes, each chunk spanning the full width; anything else
-    (compression) returns None from ``open`` and the caller falls back to Zarr.
-    """
-
-    def __init__(self, root: Path, shape, chunk_rows: int, shard_rows: int | None, index_at_end: bool,
-                 index_crc: bool, files: "_MappedFiles"):
-        self.root = root
-        self.files = files
-        self.rows, self.dim = int(shape[0]), int(shape[1])
-        self.row_bytes = 2 * self.dim
-        self.chunk_rows = chunk_rows
-        self.shard_rows = shard_rows
-        self.index_at_end, self.index_crc = index_at_end, index_crc
-        self._index: dict[int, np.ndarray | None] = {}
-        self._paths: dict[int, str] = {}
-
-    @classmethod
-    def open(cls, root: Path, files: "_MappedFiles | None" = None) -> "_FlatArray | None":
-        files = files if files is not None else _MappedFiles()
-        try:
-            meta = json.loads((root / "zarr.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        shape = meta.get("shape", [])
-        raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
-        if (len(shape) != 2 or meta.get("data_type") != "float16" or meta.get("fill_value") not in (0, 0.0)
-                or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") != "/"
-                or meta.get("chunk_key_encoding", {}).get("name") != "default"):
-            return None
-        outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        codecs = meta.get("codecs", [])
-        if codecs == raw:
-            if outer[1] != shape[1]:
-                return None
-            return cls(root, shape, int(outer[0]), None, True, False, files)
-        if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
-            cfg = codecs[0]["configuration"]
-            inner = cfg["chunk_shape"]
-            idx_codecs = [c.get("name") for c in cfg.get("index_codecs", [])]
-            if (cfg.get("codecs") != raw or inner[1] != shape[1] or outer[1] != shape[1]
-                    or idx_codecs not in (["bytes"], ["bytes", "crc32c"])
-                    or cfg.get("index_codecs", [{}])[0].get("configuration", {}).get("endian", "little") != "little"):
-                return None
-            return cls(root, shape, int(inner[0]), int(outer[0]), cfg.get("index_location", "end") == "end",
-                       idx_codecs == ["bytes", "crc32c"], files)
-        return None
-
-    def _file(self, key: int) -> "_MappedFile | None":
-        path = self._paths.get(key)
-        if path is None:  # a str, built once: pathlib per read cost as much as the read
-            path = self._paths[key] = str(self.root / "c" / str(key) / "0")
-        return self.files.get(path)
-
-    def _shard_index(self, s: int) -> np.ndarray | None:
-        if s not in self._index:
-            f = self._file(s)
-            if f is None:
-                self._index[s] = None
-            else:
-                n = self.shard_rows // self.chunk_rows
-                nbytes = 16 * n + (4 if self.index_crc else 0)
-                at = len(f.data) - nbytes if self.index_at_end else 0
-                if at < 0:
-                    raise CacheError(f"shard {s} of {self.root} is shorter than its index (truncated?)")
-                self._index[s] = f.data[at : at + 16 * n].copy().view("<u8").reshape(n, 2)
-        return self._index[s]
-
-    def pieces(self, a: int, b: int):
-        """(mapped file or None, byte offset, first row, end row) covering rows [a, b); None = zeros."""
-        r = a
-        while r < b:
-            c, within = divmod(r, self.chunk_rows)
-            end = min(b, (c + 1) * self.chunk_rows)
-            if self.shard_rows is None:
-                yield self._file(c), within * self.row_bytes, r, end
-            else:
-                s, in_shard = divmod(r, self.shard_rows)
-                idx = self._shard_index(s)
-                i = in_shard // self.chunk_rows
-                if idx is None or idx[i, 0] == _MISSING:
-                    yield None, 0, r, end
-                else:
-                    yield self._file(s), int(idx[i, 0]) + within * self.row_bytes, r, end
-            r = end
-
-    def copies(self, a: int, b: int) -> list[tuple["_MappedFile | None", int, int, int]]:
-        """Rows [a, b) as (mapped file or None = zeros, byte offset, dst start, dst end) byte copies."""
-        return [(f, off, (r0 - a) * self.row_bytes, (r1 - a) * self.row_bytes) for f, off, r0, r1 in self.pieces(a, b)]
-
-
-class _CacheFiles:
-    """What reading one open cache takes, shared by all its readers in this process (every
-    epoch, validation, threads): the chunk-file maps and the parsed arrays (layout, shard
-    indexes). It goes when the cache object goes (``_files_for``)."""
-
-    def __init__(self, cache: FeatureCache):
-        self.maps = _MappedFiles()
-        self._parts = cache.parts
-        self._arrays: dict[tuple[int, str, int], _FlatArray | None] = {}
-
-    def array(self, pi: int, modality: str, track: int) -> "_FlatArray | None":
-        """Part ``pi``'s array of ``modality`` (audio ``track``) for byte reads, None if it
-        needs Zarr (compressed)."""
-        key = (pi, modality, track)
-        flat = self._arrays.get(key, False)
-        if flat is False:  # two threads may both open it: the same result, one is kept
-            part = self._parts[pi]
-            flat = self._arrays[key] = _FlatArray.open(part.path / part.array_name(modality, track) / "data",
-                                                       self.maps)
-        return flat
-
-
-_files_of_cache: "weakref.WeakKeyDictionary[FeatureCache, _CacheFiles]" = weakref.WeakKeyDictionary()
-_files_lock = threading.Lock()
-
-
-def _files_for(cache: FeatureCache) -> _CacheFiles:
-    with _files_lock:
-        files = _files_of_cache.get(cache)
-        if files is None:
-            files = _files_of_cache[cache] = _CacheFiles(cache)
-        return files
-
-
-def _copy(out: np.ndarray, copies, where) -> None:
-    """Carry out ``_FlatArray.copies`` into ``out`` (C-contiguous)."""
-    dst = out.reshape(-1).view(np.uint8)
-    for f, off, lo, hi in copies:
-        if f is None:
-            dst[lo:hi] = 0
-            continue
-        src = f.data[off : off + hi - lo]
-        if len(src) != hi - lo:
-            raise CacheError(f"short read in {where} (chunk file truncated?)")
-        np.copyto(dst[lo:hi], src)  # a memcpy from the map; releases the GIL
-
-
-class _ClipReader:
-    """Reads clips of one cache by (part, row). Opened inside each worker.
-
-    Uncompressed arrays are read from maps of their files; others through Zarr.
-    """
-
-    def __init__(self, cache_path: str, track: int, fast: bool = True, cache: FeatureCache | None = None):
-        self.cache = cache if cache is not None else FeatureCache.open(cache_path)
-        self.track = track
-        self.fast = fast
-        self.video_dim = self._dim(VIDEO)
-        self.audio_dim = self._dim(AUDIO)
-        self._files = _files_for(self.cache) if fast else None
-        self._planned: dict[tuple[int, int, str], tuple[int, list | None]] = {}  # from prefetch
-
-    def _dim(self, modality: str) -> int:
-        for p in self.cache.parts:
-            d = p.dim(modality, self.track if modality == AUDIO else 0)
-            if d:
-                return d
-        return 0
-
-    def _array(self, pi: int, modality: str) -> "_FlatArray | None":
-        if self._files is None:
-            return None
-        return self._files.array(pi, modality, self.track)
-
-    def span(self, pi: int, row: int, modality: str) -> tuple[int, int]:
-        off = self.cache.parts[pi].offsets(modality, self.track)
-        return int(off[row]), int(off[row + 1])
-
-    def plan(self, pi: int, row: int, modality: str) -> tuple[int, list | None]:
-        """(rows, byte copies or None = read through Zarr) of one clip and modality; the
-        plan ``prefetch`` made for it if any (spans and pieces are worked out once)."""
-        planned = self._planned.pop((pi, row, modality), None)
-        if planned is not None:
-            return planned
-        a, b = self.span(pi, row, modality)
-        flat = self._array(pi, modality) if a < b else None
-        return b - a, (flat.copies(a, b) if flat is not None else None if a < b else [])
-
-    def read_planned(self, pi: int, row: int, modality: str, plan, out: np.ndarray) -> None:
-        """The clip's rows into ``out`` (n, dim) float16, following ``plan(...)[1]``."""
-        if plan is not None:
-            _copy(out, plan, self.cache.path)
-        else:
-            a, b = self.span(pi, row, modality)
-            out[:] = self.cache.parts[pi].data(modality, self.track)[a:b]
-
-    def prefetch(self, locs: np.ndarray) -> None:
-        """Ask the kernel to start reading the clips at ``locs`` (n, 2) (cold cache); their
-        plans are kept for ``plan``."""
-        for pi, row in locs.tolist():
-            for m in (VIDEO, AUDIO):
-                planned = self.plan(pi, row, m)
-                self._planned[(pi, row, m)] = planned
-                for f, off, lo, hi in planned[1] or ():
-                    if f is not None:
-                        f.will_need(off, hi - lo)
-
-    def close(self) -> None:
-        self._planned.clear()  # maps and arrays belong to the open cache (``_files_for``)
-
-
-def collate(
-    clip_ids: list[str], sources: list[str], videos: Sequence[np.ndarray], audios: Sequence[np.ndarray],
-    video_dim: int, audio_dim: int,
-) -> Batch:
-    """Zero-pad sequences into a float32 Batch. ``videos[i]`` (T_i, Dv), ``audios[i]`` (S_i, Da).
-
-    The reference path (tests, small eval sets); training batches use ``_build_batch``.
-    """
-    b = len(clip_ids)
-    t = max([len(v) for v in videos] + [1])
-    s = max([len(a) for a in audios] + [1])
-    video = torch.zeros((b, t, video_dim), dtype=torch.float32)
-    audio = torch.zeros((b, s, audio_dim), dtype=torch.float32)
-    video_mask = torch.zeros((b, t), dtype=torch.bool)
-    audio_mask = torch.zeros((b, s), dtype=torch.bool)
-    for i, (v, a) in enumerate(zip(videos, audios)):
-        if len(v):
-            video[i, : len(v)] = torch.from_numpy(np.ascontiguousarray(v))
-            video_mask[i, : len(v)] = True
-        if len(a):
-            audio[i, : len(a)] = torch.from_numpy(np.ascontiguousarray(a))
-            audio_mask[i, : len(a)] = True
-    return Batch(list(clip_ids), list(sources), video, video_mask, audio, audio_mask)
-
-
-def _alloc_padded(lengths: np.ndarray, dim: int):
-    """Uninitialised (B, L, dim) float16 batch tensor for sequences of ``lengths`` and its (B, L) mask."""
-    width = max(1, int(lengths.max(initial=0)))
-    out = _empty_f16((len(lengths), width, dim))
-    mask = np.arange(width)[None, :] < lengths[:, None]
-    return out, torch.from_numpy(mask)
-
-
-class _BufferPool:
-    """Batch buffers reused once nothing refers to them any more.
-
-    Writing into freshly allocated memory costs a page fault per 4 KB page (and, when the
-    page cache fills RAM, reclaiming a page for each): on the 2-core bench machine that
-    capped the loader at 1-2 GB/s, against ~20 GB/s into memory already mapped. A batch
-    tensor is ``torch.from_numpy`` of a numpy view of a buffer, and the tensor (and every
-    tensor derived from its storage) keeps that view alive: a weak reference to the view
-    says whether the buffer is still in use. A batch the consumer keeps is therefore
-    never overwritten; it only stops that buffer's reuse.
-    """
-
-    def __init__(self, keep: int = 8):
-        self.keep = keep  # free buffers kept for reuse: a batch holds two (video, audio), four once cast
-        self._slots: list[tuple[np.ndarray, weakref.ref | None]] = []  # least recently used first
-        self._lock = threading.Lock()  # batches are built in a thread, cast in another
-
-    @staticmethod
-    def _free(slot) -> bool:
-        return slot[1] is None or slot[1]() is None
-
-    def view(self, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """An uninitialised array of ``shape`` in a buffer that nothing else uses."""
-        with self._lock:
-            return self._view(shape, dtype)
-
-    def _view(self, shape, dtype) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        pick = next((i for i, slot in enumerate(self._slots)
-                     if self._free(slot) and nbytes <= slot[0].nbytes <= 2 * nbytes), None)
-        if pick is None:
-            buf = np.empty(nbytes + nbytes // 8, dtype=np.uint8)  # headroom: batch widths vary
-        else:
-            buf = self._slots.pop(pick)[0]
-        out = buf[:nbytes].view(dtype).reshape(shape)
-        free = [i for i, slot in enumerate(self._slots) if self._free(slot)]
-        drop = set(free[: max(0, len(free) - self.keep + 1)])
-        self._slots = [slot for i, slot in enumerate(self._slots) if i not in drop]
-        self._slots.append((buf, weakref.ref(out)))
-        return out
-
-
-_pool = _BufferPool()
-_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
-
-
-def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x.to(dtype)``; on the CPU into a pooled buffer (a batch cast is ~2x its float16
-    size of fresh memory otherwise: page faults that cost more than reading the batch)."""
-    if x.dtype == dtype or x.device.type != "cpu" or dtype not in _NUMPY_DTYPES:
-        return x.to(dtype)
-    out = torch.from_numpy(_pool.view(tuple(x.shape), _NUMPY_DTYPES[dtype]))
-    return out.copy_(x)
-
-
-def _empty_f16(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float16 tensor: in the main process a view of a reused buffer
-    (:class:`_BufferPool`); in a DataLoader worker, allocated in shared memory so handing
-    it to the main process costs no copy (a batch is ~75 MB)."""
-    nbytes = 2 * int(np.prod(shape))
-    if torch.utils.data.get_worker_info() is None:
-        return torch.from_numpy(_pool.view(shape, np.float16))
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=torch.float16).set_(storage, 0, shape)
-
-
-def _build_batch(reader: _ClipReader, locs: np.ndarray, clip_ids, sources) -> Batch:
-    """Read the clips at ``locs`` (B, 2) = (part, row) into a Batch, in the given order.
+def _build_batch(reader: ClipReader, locs: np.ndarray, tracks: np.ndarray, clip_ids, sources) -> Batch:
+    """Read the clips at ``locs`` (B, 2) = (part, row), audio ``tracks`` (B,), into a Batch, in
+    the given order.
 
     Clips are read straight into the batch tensors (rows of full width are contiguous), in
     storage order (sequential reads within a block), float16 as stored: the consumer
     casts after moving the batch. (Reading with 2 threads was measured no faster on
     2 cores: the copies from the page cache share one memory bandwidth.)
     """
-    where = locs.tolist()
-    plans = {m: [reader.plan(pi, row, m) for pi, row in where] for m in (VIDEO, AUDIO)}
-    video, video_mask = _alloc_padded(np.array([n for n, _ in plans[VIDEO]], np.int64), reader.video_dim)
-    audio, audio_mask = _alloc_padded(np.array([n for n, _ in plans[AUDIO]], np.int64), reader.audio_dim)
+    where, trk = locs.tolist(), tracks.tolist()
+    plans = {VIDEO: [reader.plan(pi, row, VIDEO) for pi, row in where],
+             AUDIO: [reader.plan(pi, row, AUDIO, t) for (pi, row), t in zip(where, trk)]}
+    video, video_mask = alloc_padded(np.array([p[0] for p in plans[VIDEO]], np.int64), reader.video_dim)
+    audio, audio_mask = alloc_padded(np.array([p[0] for p in plans[AUDIO]], np.int64), reader.audio_dim)
     for m, out in ((VIDEO, video.numpy()), (AUDIO, audio.numpy())):
         for i in np.lexsort((locs[:, 1], locs[:, 0])).tolist():
-            n, plan = plans[m][i]
-            reader.read_planned(*where[i], m, plan, out[i, :n])
-            out[i, n:] = 0
+            plan = plans[m][i]
+            reader.read_planned(*where[i], m, trk[i] if m == AUDIO else 0, plan, out[i, : plan[0]])
+            out[i, plan[0] :] = 0
     return Batch(list(clip_ids), list(sources), video, video_mask, audio, audio_mask)
 
 
@@ -558,17 +175,16 @@ def _build_batch(reader: _ClipReader, locs: np.ndarray, clip_ids, sources) -> Ba
 class _BatchPlan(torch.utils.data.IterableDataset):
     """Builds the planned batches; in a DataLoader worker w builds batches k % n == w."""
 
-    def __init__(self, cache_path: str, track: int, locs: np.ndarray, clip_ids: list[str],
+    def __init__(self, cache_path: str, locs: np.ndarray, tracks: np.ndarray, clip_ids: list[str],
                  sources: list[str], batches: list[np.ndarray], first_batch: int, cache: FeatureCache | None = None):
         self.cache_path = cache_path
         self.cache = cache  # the open cache, reused in this process; workers open their own
-        self.track = track
-        self.locs = locs
+        self.locs = locs  # (N, 2) (part, row) of the selected clips
+        self.tracks = tracks  # (N,) the audio track (position in ClipInfo.tracks) read for each clip
         self.clip_ids = clip_ids
         self.sources = sources
         self.batches = batches  # index arrays into locs, one per batch to serve
         self.first_batch = first_batch  # global index of batches[0]
-        self.fast = True  # False: read through Zarr only (reference path for tests)
 
     def __getstate__(self) -> dict:  # sent to spawned workers: without the open cache
         return {**self.__dict__, "cache": None}
@@ -576,19 +192,34 @@ class _BatchPlan(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, Batch]]:
         info = torch.utils.data.get_worker_info()
         wid, n = (0, 1) if info is None else (info.id, info.num_workers)
-        reader = _ClipReader(self.cache_path, self.track, fast=self.fast, cache=self.cache if info is None else None)
+        cache = self.cache if info is None and self.cache is not None else FeatureCache.open(self.cache_path)
+        reader = ClipReader(cache)
         mine = range(wid, len(self.batches), n)
+        stop, verifier = threading.Event(), None
+        mine_idx = [self.batches[k] for k in mine]
+        if info is None and mine_idx and _usable_cpus() >= VERIFY_AHEAD_MIN_CPUS and reader.needs_verifying(
+                self.locs[np.concatenate(mine_idx)], self.tracks[np.concatenate(mine_idx)]):
+            # a freshly opened cache: checksums on a spare core, ahead of the reads (ClipReader.verify_ahead)
+            verifier = threading.Thread(
+                target=reader.verify_ahead, name="scav-verify", daemon=True,
+                args=(((self.locs[i], self.tracks[i]) for i in mine_idx), stop))
+            verifier.start()
         try:
             for j, k in enumerate(mine):
                 if j == 0:
-                    reader.prefetch(self.locs[self.batches[k]])
+                    reader.prefetch(self.locs[self.batches[k]], self.tracks[self.batches[k]])
                 if j + 1 < len(mine):  # the kernel fetches the next batch while we build this one
-                    reader.prefetch(self.locs[self.batches[mine[j + 1]]])
+                    nxt = self.batches[mine[j + 1]]
+                    reader.prefetch(self.locs[nxt], self.tracks[nxt])
                 idx = self.batches[k]
                 yield self.first_batch + k, _build_batch(
-                    reader, self.locs[idx], [self.clip_ids[i] for i in idx], [self.sources[i] for i in idx]
+                    reader, self.locs[idx], self.tracks[idx], [self.clip_ids[i] for i in idx],
+                    [self.sources[i] for i in idx]
                 )
         finally:
+            stop.set()
+            if verifier is not None:
+                verifier.join()
             reader.close()
 
 
@@ -598,8 +229,12 @@ def _as_cache(cache: "str | os.PathLike | FeatureCache") -> FeatureCache:
     return cache if isinstance(cache, FeatureCache) else FeatureCache.open(cache)
 
 
-def _select(cache: FeatureCache, split: str | None, clip_ids: list[str] | None):
-    """Selected clips in cache order: (locs (N, 2) int64, ids, sources)."""
+def _select(cache: FeatureCache, split: str | None, clip_ids: list[str] | None, track: TrackSelector = 0):
+    """Selected clips in cache order: (locs (N, 2) int64, audio tracks (N,) int64, ids, sources).
+
+    ``track`` (index or language tag, ``schema.TrackSelector``) is resolved per clip; a clip
+    without it is a CacheError listing how many lack it, before anything is read."""
+    check_track_selector(track)
     if split is not None:
         infos = cache.require_split(split)
     else:
@@ -613,8 +248,16 @@ def _select(cache: FeatureCache, split: str | None, clip_ids: list[str] | None):
         if len(infos) < len(wanted):
             where = f"split {split!r}" if split is not None else "the cache"
             raise CacheError(f"{len(wanted) - len(infos)} requested clips are not in {where}")
-    locs = np.array([cache._locate(c.clip_id) for c in infos], dtype=np.int64).reshape(-1, 2)
-    return locs, [c.clip_id for c in infos], [c.source for c in infos]
+    tracks = [c.find_track(track) for c in infos]
+    lacking = [c for c, j in zip(infos, tracks) if j is None]
+    if lacking:
+        c = lacking[0]
+        raise CacheError(
+            f"{len(lacking)} of the {len(infos)} selected clips have no audio track {track!r}, e.g. "
+            f"{c.clip_id!r} ({describe_tracks(c.tracks)}); select clips that have it "
+            f"(ClipInfo.find_track) or another track")
+    locs = np.array([cache.locate(c.clip_id) for c in infos], dtype=np.int64).reshape(-1, 2)
+    return locs, np.array(tracks, dtype=np.int64), [c.clip_id for c in infos], [c.source for c in infos]
 
 
 class TrainLoader:
@@ -622,14 +265,14 @@ class TrainLoader:
 
     def __init__(self, cache_path, split, batch_size, *, seed, epoch=0, start_batch=0, clip_ids=None,
                  num_workers=0, drop_last=True, shuffle=True, buffer_clips=DEFAULT_BUFFER_CLIPS,
-                 block_clips=DEFAULT_BLOCK_CLIPS, track=0, prefetch_factor=2):
+                 block_clips=DEFAULT_BLOCK_CLIPS, track: TrackSelector = 0, prefetch_factor=2):
         if batch_size < 1:
             raise CacheError(f"batch_size must be >= 1, got {batch_size}")
         if start_batch < 0:
             raise CacheError(f"start_batch must be >= 0, got {start_batch}")
         cache = _as_cache(cache_path)
         self.cache, self.cache_path = cache, str(cache.path)
-        self.locs, self.clip_ids, self.sources = _select(cache, split, clip_ids)
+        self.locs, self.tracks, self.clip_ids, self.sources = _select(cache, split, clip_ids, track)
         n = len(self.locs)
         if n == 0:
             raise CacheError(f"no clips selected from {cache_path} (split {split!r})")
@@ -641,7 +284,7 @@ class TrainLoader:
         self.batch_size = batch_size
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
         self.num_workers, self.drop_last, self.shuffle = num_workers, drop_last, shuffle
-        self.buffer_clips, self.block_clips, self.track = buffer_clips, block_clips, track
+        self.buffer_clips, self.block_clips, self.track = buffer_clips, block_clips, track  # the selector
         self.prefetch_factor = prefetch_factor
         self.n_batches = n // batch_size if drop_last else -(-n // batch_size)
 
@@ -661,7 +304,7 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         batches = self.batch_indices()[self.start_batch :]
-        plan = _BatchPlan(self.cache_path, self.track, self.locs, self.clip_ids, self.sources,
+        plan = _BatchPlan(self.cache_path, self.locs, self.tracks, self.clip_ids, self.sources,
                           batches, self.start_batch, self.cache)
         yield from _run_plan(plan, self.num_workers, self.prefetch_factor)
 
@@ -670,7 +313,7 @@ def _run_plan(plan: _BatchPlan, num_workers: int, prefetch_factor: int) -> Itera
     if len(plan.batches) == 0:
         return
     if num_workers <= 0:
-        yield from _in_thread(iter(plan), prefetch_factor)
+        yield from in_thread(iter(plan), prefetch_factor)
         return
     workers = min(num_workers, len(plan.batches))
     dl = torch.utils.data.DataLoader(
@@ -687,57 +330,9 @@ def _run_plan(plan: _BatchPlan, num_workers: int, prefetch_factor: int) -> Itera
         raise RuntimeError(f"loader lost batches before {min(pending)}")
 
 
-def _in_thread(batches: Iterator[tuple[int, Batch]], ahead: int) -> Iterator[Batch]:
-    """Build batches in a background thread, up to ``ahead`` ready: reading (memcpy from maps)
-    and the consumer's step both release the GIL, so they overlap. Errors are re-raised
-    here; leaving the loop early stops the thread."""
-    ready: queue.Queue = queue.Queue(maxsize=max(1, ahead))
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for _, batch in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                del batch  # the queue holds the only reference: its buffers can be reused
-                if stop.is_set():
-                    return
-            item = done
-        except BaseException as e:  # handed to the consumer
-            item = e
-        finally:
-            batches.close()
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    thread = threading.Thread(target=produce, name="scav-loader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            del item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def make_train_loader(cache_path, split, batch_size, *, seed: int, epoch: int = 0, start_batch: int = 0,
                       clip_ids: list[str] | None = None, num_workers: int = 0, drop_last: bool = True,
-                      shuffle: bool = True, buffer_clips: int = DEFAULT_BUFFER_CLIPS, track: int = 0,
+                      shuffle: bool = True, buffer_clips: int = DEFAULT_BUFFER_CLIPS, track: TrackSelector = 0,
                       block_clips: int = DEFAULT_BLOCK_CLIPS) -> TrainLoader:
     """Shuffled batches of one epoch (order: module docstring). Call once per epoch.
 
@@ -753,13 +348,13 @@ def make_train_loader(cache_path, split, batch_size, *, seed: int, epoch: int = 
 
 
 def iter_eval_batches(cache_path, split: str | None = None, clip_ids: list[str] | None = None,
-                      batch_size: int = 64, track: int = 0) -> Iterator[Batch]:
+                      batch_size: int = 64, track: TrackSelector = 0) -> Iterator[Batch]:
     """Batches in cache order (deterministic); the last batch may be short.
     ``cache_path``: a path or an open :class:`FeatureCache`."""
     if batch_size < 1:
         raise CacheError(f"batch_size must be >= 1, got {batch_size}")
     cache = _as_cache(cache_path)
-    locs, ids, sources = _select(cache, split, clip_ids)
+    locs, tracks, ids, sources = _select(cache, split, clip_ids, track)
     batches = [np.arange(a, min(a + batch_size, len(locs))) for a in range(0, len(locs), batch_size)]
-    plan = _BatchPlan(str(cache.path), track, locs, ids, sources, batches, 0, cache)
+    plan = _BatchPlan(str(cache.path), locs, tracks, ids, sources, batches, 0, cache)
     yield from _run_plan(plan, 0, 2)

@@ -14,7 +14,13 @@ A cache is a Zarr v3 group on disk::
           video/times           (sum T_i,) float64, seconds of each frame (pts)
           audio/t<j>/data       (sum S_i, D_audio) float16, audio track j
           audio/t<j>/offsets    (n + 1,) int64 (a clip without track j: zero length)
-      .staging/                 parts being written (ignored by readers)
+      .staging/<writer>/        parts being written, one folder per live writer (ignored by
+                                readers; removed only once its writer's lock is free)
+      .scav-writer.lock         held by the one run writing the cache (core/writer_lock.py)
+      .damaged/                 parts set aside by `scav-extract verify --repair`
+
+Since schema minor 1 (``CacheLayout.checksums``) every chunk ends with a crc32c
+(shard indexes too) and every chunk is written, so a missing chunk is damage.
 
 Zarr has no ragged arrays (zarr-python #2618), hence data + offsets.  Every part
 has exactly one writer (two writers on one shard lose data, zarr-python #3682)
@@ -30,7 +36,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # readers refuse other majors
+# Minor versions add what older readers of this major can ignore:
+#   1: every chunk carries a crc32c (shard indexes too) and every chunk is written, even
+#      all-zero ones, so a missing chunk file is damage, not zeros (``CacheLayout.checksums``).
+SCHEMA_MINOR = 1
 ROOT_KEY = "scav"
 PARTS_GROUP = "parts"
 STAGING_DIR = ".staging"
@@ -88,6 +98,9 @@ class CacheLayout:
     shard_rows: int | None = None  # rows per shard; None = no sharding (one file per chunk)
     compressor: str | None = None  # None: float16 features barely compress (0.89x with zstd)
     part_clips: int = 256  # clips per committed part
+    # crc32c per chunk + every chunk written (schema minor 1); measured cost in bench/bench_checksum.py.
+    # Caches written before record no such field and read as False.
+    checksums: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,7 +108,7 @@ class CacheLayout:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CacheLayout":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"checksums": False, **{k: v for k, v in d.items() if k in known}})
 
 
 @dataclass(frozen=True)
@@ -105,10 +118,12 @@ class CacheMeta:
     audio: EncoderInfo
     layout: CacheLayout = field(default_factory=CacheLayout)
     audio_sample_rate: int = 16000
+    schema_minor: int = SCHEMA_MINOR  # what the cache was written with (0: before checksums)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
+            "schema_minor": self.schema_minor,
             "encoders": {VIDEO: self.video.to_dict(), AUDIO: self.audio.to_dict()},
             "layout": self.layout.to_dict(),
             "audio_sample_rate": self.audio_sample_rate,
@@ -130,15 +145,78 @@ class CacheMeta:
                 audio=EncoderInfo.from_dict(enc[AUDIO]),
                 layout=CacheLayout.from_dict(d.get("layout", {})),
                 audio_sample_rate=int(d.get("audio_sample_rate", 16000)),
+                schema_minor=int(d.get("schema_minor", 0)),
             )
         except (KeyError, TypeError) as e:
             raise CacheError(f"cache metadata is incomplete: missing {e}") from e
 
+    def identity(self) -> dict[str, Any]:
+        """The encoders' identity: what changes features (weights' sha256, numeric preprocessing).
+
+        Each encoder's ``preprocessing[PROVENANCE]`` (library versions, file names,
+        where the weights came from) is left out: upgrading a library or renaming a
+        checkpoint must not lock a cache. JSON form, so tuples and lists compare equal.
+        """
+        ident = {}
+        for mod, info in ((VIDEO, self.video), (AUDIO, self.audio)):
+            d = info.to_dict()
+            d["preprocessing"] = {k: v for k, v in d["preprocessing"].items() if k != PROVENANCE}
+            ident[mod] = d
+        return json.loads(json.dumps(ident, sort_keys=True))
+
     def fingerprint(self) -> str:
-        """Short hash of the encoders' identity: what a checkpoint must match."""
-        ident = {VIDEO: self.video.to_dict(), AUDIO: self.audio.to_dict()}
-        blob = json.dumps(ident, sort_keys=True).encode()
+        """Short hash of :meth:`identity`: what a cache extension and a checkpoint must match."""
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def identity_diff(self, other: "CacheMeta") -> list[tuple[str, Any, Any]]:
+        """``(field, self's value, other's value)`` for every identity field that differs, sorted.
+
+        Fields are dotted paths (``audio.checksum``, ``video.preprocessing.size.shortest_edge``);
+        a value missing on one side is ``MISSING``.
+        """
+        a, b = _flatten(self.identity()), _flatten(other.identity())
+        return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in sorted(a.keys() | b.keys())
+                if a.get(k, MISSING) != b.get(k, MISSING)]
+
+
+# EncoderInfo.preprocessing[PROVENANCE]: recorded with the cache, not part of its fingerprint
+PROVENANCE = "provenance"
+MISSING = "<missing>"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def format_identity_diff(diff: list[tuple[str, Any, Any]], old: str = "cache", new: str = "this run") -> str:
+    """One line per differing field: ``  audio.checksum: cache 'ab12…' | this run 'cd34…'``."""
+    def show(v: Any) -> str:
+        return v if v is MISSING else json.dumps(v)
+
+    return "\n".join(f"  {k}: {old} {show(x)} | {new} {show(y)}" for k, x, y in diff)
+
+
+# Which audio track of a clip to read: an int j = the clip's j-th audio track (its
+# container's j-th audio stream, stored as ``audio/t<j>``; 0 = the original/first), or a
+# str = the first track whose container language tag equals it, case-insensitively (tags are
+# compared as stored: ffmpeg writes ISO 639-2 codes, e.g. "spa", "eng").  Resolved per clip by
+# ``ClipInfo.track_index``; a clip without the selected track is an error, never a silent
+# fallback to another track (a mistyped language would otherwise train on the original audio).
+TrackSelector = int | str
+
+
+def check_track_selector(track: TrackSelector) -> TrackSelector:
+    """``track`` if it is a valid selector (int >= 0 or a non-empty str), else CacheError."""
+    if isinstance(track, bool) or not isinstance(track, (int, str)) or (isinstance(track, int) and track < 0) or (
+            isinstance(track, str) and not track.strip()):
+        raise CacheError(f"audio track must be an index >= 0 or a language tag, got {track!r}")
+    return track
 
 
 @dataclass
@@ -168,8 +246,29 @@ class ClipInfo:
 
     @property
     def n_audio(self) -> int:
-        """Steps of the default (first) audio track."""
+        """Steps of the default (first) audio track; 0 for a clip without audio."""
         return self.tracks[0].n_steps if self.tracks else 0
+
+    def find_track(self, track: TrackSelector = 0) -> int | None:
+        """Position in ``tracks`` (array ``audio/t<j>``) of the selected track, None if absent."""
+        check_track_selector(track)
+        if isinstance(track, int):
+            return track if track < len(self.tracks) else None
+        want = track.strip().lower()
+        return next((j for j, t in enumerate(self.tracks) if (t.language or "").lower() == want), None)
+
+    def track_index(self, track: TrackSelector = 0) -> int:
+        """Position in ``tracks`` of the selected track (``TrackSelector``); CacheError naming
+        the clip and its tracks if it has none such."""
+        j = self.find_track(track)
+        if j is None:
+            raise CacheError(f"clip {self.clip_id!r} has no audio track {track!r} "
+                             f"(it has {describe_tracks(self.tracks)})")
+        return j
+
+    def n_audio_steps(self, track: TrackSelector = 0) -> int:
+        """Steps of the selected audio track (CacheError if the clip has none such)."""
+        return self.tracks[self.track_index(track)].n_steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,6 +291,14 @@ class Failure:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def describe_tracks(tracks: list[AudioTrack]) -> str:
+    """``2 tracks: 0 (eng), 1 (spa)`` for messages."""
+    if not tracks:
+        return "no audio tracks"
+    items = ", ".join(f"{j} ({t.language or 'no language tag'})" for j, t in enumerate(tracks))
+    return f"{len(tracks)} track{'s' if len(tracks) != 1 else ''}: {items}"
 
 
 def audio_track_name(index: int) -> str:

@@ -402,11 +402,16 @@ def resample_curve(curve: np.ndarray, times: np.ndarray, rate: float, duration: 
 
 
 def recall_at_1(scores: np.ndarray) -> float:
-    """R@1 of a square score matrix (query i's correct item is i; ties count against)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    correct = np.diag(scores)[:, None]
-    better = (scores > correct).sum(axis=1) + ((scores == correct).sum(axis=1) - 1)
-    return float(np.mean(better == 0))
+    """R@1 (a fraction) of a square score matrix, higher = closer, query i's correct item is i.
+
+    Ranked by ``scav.sequence.metrics`` (ties broken by candidate index), as
+    validation and retrieval rank, so the oracle's numbers compare with theirs.
+    """
+    import torch
+
+    from scav.sequence.metrics import ranks_from_scores, recall_at
+
+    return recall_at(ranks_from_scores(torch.as_tensor(np.asarray(scores, dtype=np.float64))), 1) / 100.0
 
 
 def zscore_rows(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -27,7 +27,8 @@ app = make_app(
         "  scav-extract MANIFEST.csv --out features.zarr   (a CSV: clip_id,path,start,end,split,label,source)\n"
         "  scav-extract vggsound --gpus 1                   (data/vggsound/{vggsound.csv,media/})\n"
         "  scav-extract music --gpus 1                      (data/music/{MUSIC21_solo_videos.json,media/})\n"
-        "  scav-extract inspect features.zarr\n\n"
+        "  scav-extract inspect features.zarr\n"
+        "  scav-extract verify features.zarr [--repair]     (check every chunk; set damaged parts aside)\n\n"
         "Runs resume: clips already in the cache are skipped, so re-running a killed command finishes it. "
         "Without --clip-weights/--beats-ckpt the parameter-free stand-in encoders (pixels, fbank) are used."
     ),
@@ -52,10 +53,18 @@ AudioEnc = Annotated[
     typer.Option(help="fbank (stand-in) | beats-iter3-as2m. Default: beats-iter3-as2m with --beats-ckpt, else fbank."),
 ]
 ClipWeights = Annotated[
-    Optional[Path], typer.Option(envvar="SCAV_CLIP_DIR", help="Local CLIP ViT-B/32 folder (transformers format).")
+    Optional[Path],
+    typer.Option(envvar="SCAV_CLIP_DIR", metavar="DIR|REPO_ID",
+                 help="CLIP ViT-B/32: a local folder (transformers format), or a Hugging Face repository id "
+                      "(openai/clip-vit-base-patch32[@revision]) found in the local HF cache; never downloaded. "
+                      "See docs/WEIGHTS.md."),
 ]
 BeatsCkpt = Annotated[
-    Optional[Path], typer.Option(envvar="SCAV_BEATS_CKPT", help="Local BEATs iter3+ AS2M checkpoint (.pt).")
+    Optional[Path],
+    typer.Option(envvar="SCAV_BEATS_CKPT", metavar="FILE",
+                 help="BEATs iter3+ AS2M checkpoint (.pt), never downloaded: the paper's "
+                      "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt (classifier head discarded); "
+                      "BEATs_iter3_plus_AS2M.pt is accepted too. See docs/WEIGHTS.md."),
 ]
 Gpus = Annotated[int, typer.Option(help="GPUs to use, one worker process each; 0 = one CPU worker.")]
 Scheduler = Annotated[
@@ -64,13 +73,31 @@ Scheduler = Annotated[
                       "(the cache path must be shared storage)."),
 ]
 PartClips = Annotated[Optional[int], typer.Option(help="Clips per committed part (default 256).")]
-DecodeThreads = Annotated[int, typer.Option(help="Decoding threads per worker (decoding overlaps encoding).")]
+DecodeThreads = Annotated[int, typer.Option(help="Decoding threads per encoder when --decode-workers 0.")]
+DecodeWorkers = Annotated[
+    Optional[int],
+    typer.Option(help="Decode processes feeding the encoders through shared memory (default: the cores minus one "
+                      "per GPU; 0: decode in threads of each encoder process, the reference path)."),
+]
+FrameBatch = Annotated[int, typer.Option(help="Video frames per encoder call, gathered across clips.")]
+ClipPreprocess = Annotated[
+    Optional[Literal["pil", "tensor"]],
+    typer.Option(help="CLIP image preprocessing: pil (transformers' PIL processor, per frame on the CPU; "
+                 "the default) or tensor (the same steps as batched torch ops on the encoder's device: the fast GPU "
+                 "path; pixels differ by <= 2 grey levels on < 1 %, so it is a different encoder identity)."),
+]
+Wait = Annotated[
+    float,
+    typer.Option("--wait", metavar="SECONDS",
+                 help="If another run is writing the cache, wait up to this long for it instead of refusing."),
+]
 RetryFailed = Annotated[bool, typer.Option(help="Try again clips recorded as failures by an earlier run.")]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 JsonOut = Annotated[Optional[str], typer.Option("--json", metavar="PATH", help=JSON_HELP)]
 
 
-def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | None, beats_ckpt: Path | None):
+def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | None, beats_ckpt: Path | None,
+                  clip_preprocess: str | None = None):
     from .runner import EncoderSpec
 
     video = video or ("clip-vit-b32" if clip_weights else "pixels")
@@ -80,6 +107,7 @@ def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | Non
         audio=audio,
         video_weights=str(clip_weights) if clip_weights and video != "pixels" else None,
         audio_weights=str(beats_ckpt) if beats_ckpt and audio != "fbank" else None,
+        video_preprocess=clip_preprocess,
     )
 
 
@@ -166,15 +194,20 @@ def manifest_cmd(
     as_split: Annotated[Optional[str], typer.Option(help="Store the extracted clips under this split name.")] = None,
     retry_failed: RetryFailed = False,
     decode_threads: DecodeThreads = 2,
+    decode_workers: DecodeWorkers = None,
+    frame_batch: FrameBatch = 1024,
+    clip_preprocess: ClipPreprocess = None,
+    wait: Wait = 0.0,
     progress: Progress = True,
     json_path: JsonOut = None,
 ) -> None:
     """Extract the clips of a manifest CSV (also: `scav-extract MANIFEST.csv ...`)."""
     cfg = _config(
         manifest, out, media_root=media_root,
-        encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
         gpus=gpus, scheduler=scheduler, part_clips=part_clips, split=split, as_split=as_split,
-        retry_failed=retry_failed, decode_threads=decode_threads, progress=progress,
+        retry_failed=retry_failed, decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
+        lock_timeout=wait, progress=progress,
     )
     _guard(lambda: _extract(cfg, json_path))
 
@@ -221,6 +254,10 @@ def vggsound_cmd(
     part_clips: PartClips = None,
     retry_failed: RetryFailed = False,
     decode_threads: DecodeThreads = 2,
+    decode_workers: DecodeWorkers = None,
+    frame_batch: FrameBatch = 1024,
+    clip_preprocess: ClipPreprocess = None,
+    wait: Wait = 0.0,
     progress: Progress = True,
     json_path: JsonOut = None,
 ) -> None:
@@ -235,9 +272,10 @@ def vggsound_cmd(
     media_root = media_root or root / "media"
     result = _guard(lambda: build_vggsound(list_path, media_root, _split_set(splits)))
     _dataset_cmd(
-        "vggsound", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        "vggsound", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
         gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
-        decode_threads=decode_threads, progress=progress, json_path=json_path,
+        decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
+        lock_timeout=wait, progress=progress, json_path=json_path,
     )
 
 
@@ -261,6 +299,10 @@ def music_cmd(
     part_clips: PartClips = None,
     retry_failed: RetryFailed = False,
     decode_threads: DecodeThreads = 2,
+    decode_workers: DecodeWorkers = None,
+    frame_batch: FrameBatch = 1024,
+    clip_preprocess: ClipPreprocess = None,
+    wait: Wait = 0.0,
     progress: Progress = True,
     json_path: JsonOut = None,
 ) -> None:
@@ -273,9 +315,10 @@ def music_cmd(
     media_root = media_root or root / "media"
     result = _guard(lambda: build_music(list_path, media_root, _split_set(splits)))
     _dataset_cmd(
-        "music", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
+        "music", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
         gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
-        decode_threads=decode_threads, progress=progress, json_path=json_path,
+        decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
+        lock_timeout=wait, progress=progress, json_path=json_path,
     )
 
 
@@ -297,6 +340,10 @@ def synthetic_cmd(
     gpus: Gpus = 0,
     part_clips: PartClips = None,
     decode_threads: DecodeThreads = 2,
+    decode_workers: DecodeWorkers = None,
+    frame_batch: FrameBatch = 1024,
+    clip_preprocess: ClipPreprocess = None,
+    wait: Wait = 0.0,
     progress: Progress = True,
     json_path: JsonOut = None,
 ) -> None:
@@ -312,8 +359,9 @@ def synthetic_cmd(
     media_dir = media_dir or Path(str(out) + ".synthetic")
     manifest = _guard(lambda: build_synthetic(media_dir, syn))
     cfg = _config(
-        manifest, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt),
-        gpus=gpus, part_clips=part_clips, decode_threads=decode_threads, progress=progress,
+        manifest, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
+        gpus=gpus, part_clips=part_clips, decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
+        lock_timeout=wait, progress=progress,
     )
     _guard(lambda: _extract(cfg, json_path))
 
@@ -321,9 +369,11 @@ def synthetic_cmd(
 @app.command("inspect")
 def inspect_cmd(
     cache: Annotated[Path, typer.Argument(help="Feature cache (Zarr folder).")],
+    verify: Annotated[bool, typer.Option("--verify", help="Also check every part (as `scav-extract verify`) "
+                                                            "before calling the cache healthy.")] = False,
     json_path: JsonOut = None,
 ) -> None:
-    """Show a cache's encoders, splits, sizes and failed clips."""
+    """Show a cache's encoders, splits, sizes and failed clips (and, with --verify, its health)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -331,6 +381,16 @@ def inspect_cmd(
 
     fc = _guard(lambda: FeatureCache.open(cache))
     summary = fc.summary()
+    if verify:
+        from ..core.verify import verify_cache
+
+        report = _guard(lambda: verify_cache(cache))
+        summary["health"] = "healthy" if report.healthy else (
+            f"damaged: {len(report.damaged)} part(s), {report.to_dict()['damaged_clips']} clip(s); "
+            f"see `scav-extract verify {cache}`")
+    else:
+        # "healthy" is said only after every chunk was checked
+        summary["health"] = "not checked (`scav-extract verify CACHE` or `inspect --verify` checks every part)"
     failures = [f.to_dict() for f in fc.failures()]
     write_json(json_path, {**summary, "failure_rows": failures})
     if json_path == "-":
@@ -348,6 +408,64 @@ def inspect_cmd(
     con.print(t)
     if failures:
         _print_failures(con, failures)
+
+
+@app.command("verify")
+def verify_cmd(
+    cache: Annotated[Path, typer.Argument(help="Feature cache (Zarr folder).")],
+    repair: Annotated[bool, typer.Option(help="Set damaged parts aside (to CACHE/.damaged/) so the rest stays "
+                                              "usable; with --manifest, extract their clips again.")] = False,
+    manifest: Annotated[Optional[Path], typer.Option(help="With --repair: the manifest the cache was extracted "
+                                                          "from; its clips missing from the cache are extracted.")] = None,
+    media_root: Annotated[Optional[Path], typer.Option(help="With --manifest: folder relative media paths are "
+                                                            "resolved against (default: the manifest's folder).")] = None,
+    clip_weights: ClipWeights = None,
+    beats_ckpt: BeatsCkpt = None,
+    json_path: JsonOut = None,
+) -> None:
+    """Check every part of a cache: chunk files present, sizes, crc32c checksums, offsets against the clip
+    table, finite values. Exit 0 if healthy (or repaired), 1 if damaged parts remain."""
+    from ..core.verify import set_aside, verify_cache
+
+    if manifest is not None and not repair:
+        _fail("--manifest is used only with --repair")
+    report = _guard(lambda: verify_cache(cache))
+    result = report.to_dict()
+    damaged = not report.healthy
+    if repair and damaged:
+        result["set_aside"] = _guard(lambda: set_aside(cache, report))
+        damaged = False
+        if manifest is not None:
+            from ..core.cache import FeatureCache
+
+            meta = _guard(lambda: FeatureCache.open(cache).meta)
+            cfg = _config(manifest, cache, media_root=media_root, gpus=0, progress=False,
+                          encoders=_encoder_spec(meta.video.name, meta.audio.name, clip_weights, beats_ckpt))
+            from .runner import run
+
+            summary = _guard(lambda: run(cfg))
+            result["re_extracted"] = summary["extracted"]
+            result["re_extract_failures"] = summary["failures"]
+    write_json(json_path, result)
+    if json_path != "-":
+        for d in report.damaged:
+            clips = ", ".join(d.clip_ids[:10]) + (f" and {len(d.clip_ids) - 10} more" if len(d.clip_ids) > 10 else "")
+            typer.echo(f"damaged part {d.name} ({len(d.clip_ids)} clips: {clips or 'clip table unreadable'}):")
+            for p in d.problems[:5]:
+                typer.echo(f"  {p}")
+        if "set_aside" in result:
+            typer.echo(f"set aside {len(result['set_aside'])} part(s) in {cache}/.damaged; the rest is usable"
+                       + (f"; re-extracted {result['re_extracted']} clip(s)" if "re_extracted" in result else
+                          "; rerun the extraction with the same manifest to extract their clips again"))
+        typer.echo(f"{cache}: {report.parts} parts, {report.clips} clips: "
+                   + ("healthy" if report.healthy else f"{len(report.damaged)} damaged part(s)"))
+    if damaged:
+        raise typer.Exit(1)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command("export")
@@ -368,11 +486,23 @@ def import_cmd(
     in_h5: Annotated[Path, typer.Argument(help="HDF5 file in the SCAV exchange layout.")],
     out: Out = Path("features.zarr"),
     part_clips: PartClips = None,
+    wait: Wait = 0.0,
 ) -> None:
     """Import features from an HDF5 file into a new or existing cache (clips already there are skipped)."""
+    import contextlib
+
     from ..core.hdf5 import import_h5
 
-    res = _guard(lambda: import_h5(in_h5, out, part_clips=part_clips))
+    def locked_import():
+        # the cache lock is re-entrant within a process: holding it first (waiting up to --wait)
+        # makes import_h5's own refuse-at-once acquisition succeed; a cache not created yet has no
+        # lock file to wait on
+        from ..core.writer_lock import CacheLock
+
+        with CacheLock(out, timeout=wait) if wait > 0 and out.is_dir() else contextlib.nullcontext():
+            return import_h5(in_h5, out, part_clips=part_clips)
+
+    res = _guard(locked_import)
     typer.echo(f"imported {res['imported']} clips into {out} ({res['skipped']} already present)")
 
 

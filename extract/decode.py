@@ -98,11 +98,19 @@ def decode_clip(
     *,
     audio_rate: int = AUDIO_RATE,
     max_side: int | None = None,
+    threads: int | None = None,
+    alloc_frames=None,
 ) -> DecodedClip:
     """Decode video frames with pts in [start, end) and every audio stream of that range.
 
     max_side: if set, frames whose longer side exceeds it are area-downscaled on
     decode (keeps aspect ratio) to save memory; the encoders resize anyway.
+    threads: FFmpeg video decoding threads (None: FFmpeg's default, one per core).
+    A decode pool sets it to the cores each worker really has, so N workers do
+    not each start one thread per core (PITFALLS: oversubscription).
+    alloc_frames: ``(shape, dtype) -> array`` giving the (T, H, W, 3) array the
+    frames are stacked into (e.g. a view of shared memory, saving one copy of
+    the largest array); default a new numpy array.
     """
     import av
 
@@ -116,7 +124,7 @@ def decode_clip(
     except (av.FFmpegError, OSError, ValueError) as e:
         raise DecodeError("open", f"cannot open container: {e}") from None
     try:
-        return _decode_open(container, start, end, audio_rate, max_side)
+        return _decode_open(container, start, end, audio_rate, max_side, threads, alloc_frames)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
@@ -125,7 +133,7 @@ def decode_clip(
         container.close()
 
 
-def _decode_open(container, start, end, audio_rate, max_side) -> DecodedClip:
+def _decode_open(container, start, end, audio_rate, max_side, threads=None, alloc_frames=None) -> DecodedClip:
     if not container.streams.video:
         raise DecodeError("decode-video", "no video stream")
     if not container.streams.audio:
@@ -145,7 +153,7 @@ def _decode_open(container, start, end, audio_rate, max_side) -> DecodedClip:
             log.debug("range end %g s clipped to the file end %g s", hi, file_end)
             hi = file_end
 
-    frames, times, (span_lo, span_hi) = _decode_video(container, origin, lo, hi, max_side)
+    frames, times, (span_lo, span_hi) = _decode_video(container, origin, lo, hi, max_side, threads)
     if not frames:
         raise DecodeError("range", f"no video frame in [{lo:g}, {hi:g}) s")
     if not math.isfinite(hi):  # the file states no duration: the video's last frame ends it
@@ -158,8 +166,11 @@ def _decode_open(container, start, end, audio_rate, max_side) -> DecodedClip:
         _decode_audio(container, k, origin, lo, hi, audio_rate)
         for k in range(len(container.streams.audio))
     ]
+    shape = (len(frames), *frames[0].shape)
+    stacked = np.stack(frames, out=alloc_frames(shape, np.uint8)) if alloc_frames else np.stack(frames)
+    del frames
     return DecodedClip(
-        frames=np.stack(frames),
+        frames=stacked,
         frame_times=np.asarray(times, dtype=np.float64),
         fps=float(fps),
         duration=hi - lo,
@@ -193,10 +204,12 @@ def _seek(container, stream, t: float, origin: float) -> None:
     container.seek(target, stream=stream, backward=True, any_frame=False)
 
 
-def _decode_video(container, origin, lo, hi, max_side):
+def _decode_video(container, origin, lo, hi, max_side, threads=None):
     """Frames with pts in [lo, hi): (list of (H, W, 3) uint8, list of seconds, (first, end) covered)."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    if threads is not None:
+        stream.codec_context.thread_count = max(1, int(threads))
     tb = stream.time_base
     rate = float(stream.average_rate) if stream.average_rate else None
     if lo > 0:

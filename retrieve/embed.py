@@ -1,10 +1,14 @@
 """Latent sequences and pooled embeddings of one split: cache + trained model -> Latents.
 
 Streams the split in cache order (``scav.core.loader.iter_eval_batches``), runs the
-model's own ``forward`` (so 'pre' interpolation is applied exactly as in training:
-v2a resamples each video to its own clip's audio length before the encoder), and
-writes each clip's valid latent steps into preallocated flat arrays: in RAM, or
-``.npy`` files (memory-mapped) when exporting.
+model's own ``forward`` and writes each clip's valid latent steps into preallocated flat
+arrays: in RAM, or ``.npy`` files (memory-mapped) when exporting.
+
+With interp='pre' training resamples each video (resample='video') to its partner
+audio's length. Here a clip's latents must depend on the clip alone (a candidate
+resampled to the length of the query it should match would carry that query's length),
+so the resampled side takes a length of its own: the clip's duration x the other
+modality's step rate (:func:`pre_lengths`).
 
 Export layout (``save`` / :func:`load_export`), one folder per (split, checkpoint)::
 
@@ -29,13 +33,18 @@ import numpy as np
 import torch
 
 from scav.core.files import atomic_path, remove_stale_tmp, sha256_file
-from scav.core.schema import CacheError, ClipInfo
+from scav.core.schema import CacheError, CacheMeta, ClipInfo
+
+from scav.sequence.pooling import masked_mean
 
 from .search import Latents
 
 log = logging.getLogger(__name__)
 
 RAM_WARN_BYTES = 8 << 30
+# meta.json's "export_version": 2 = the 'pre' side at each clip's own length (pre_lengths);
+# exports without it (partner lengths) are recomputed, not reused
+EXPORT_VERSION = 2
 
 
 @dataclass
@@ -44,7 +53,6 @@ class SplitLatents:
     video: Latents
     audio: Latents
     folder: Path | None = None  # where they are stored when exported
-    reused: bool = False
 
 
 def checkpoint_hash(path: str | os.PathLike) -> str:
@@ -60,16 +68,50 @@ def usable_clips(clips: list[ClipInfo]) -> tuple[list[ClipInfo], list[ClipInfo]]
     return ok, bad
 
 
-def latent_lengths(clips: list[ClipInfo], objective) -> tuple[np.ndarray, np.ndarray]:
-    """Latent steps per clip (video, audio): the stored steps, except that with
-    interp='pre' the interpolated side takes its own clip's other-modality length."""
+def _own_duration(clip: ClipInfo) -> float:
+    """Seconds of the clip's range; for caches that record none, its frames over its fps."""
+    if clip.duration > 0:
+        return clip.duration
+    if clip.fps > 0 and clip.n_video > 0:
+        return clip.n_video / clip.fps
+    raise CacheError(f"clip {clip.clip_id} records neither a duration nor a frame rate")
+
+
+def pre_lengths(clips: list[ClipInfo], objective, meta: CacheMeta) -> np.ndarray | None:
+    """(N,) int64 length each clip's resampled side is encoded at with interp='pre'; None
+    for interp='post'.
+
+    resample='video': round(duration x the audio encoder's steps per second) (6.25 for
+    BEATs), at least 1; resample='audio': round(duration x the video rate: the encoder's
+    steps per second, or the clip's own fps for per-frame encoders). Nothing of another
+    clip, nor of the clip's other modality's step count, enters.
+    """
+    if objective.interp != "pre":
+        return None
+    out = np.empty(len(clips), dtype=np.int64)
+    for i, c in enumerate(clips):
+        if objective.resample == "video":
+            rate = meta.audio.steps_per_second
+            if not rate:
+                raise CacheError(f"the audio encoder {meta.audio.name} records no steps_per_second")
+        else:
+            rate = meta.video.steps_per_second or c.fps
+            if not rate:
+                raise CacheError(f"clip {c.clip_id} records no fps and the video encoder no step rate")
+        out[i] = max(1, int(round(_own_duration(c) * rate)))
+    return out
+
+
+def latent_lengths(clips: list[ClipInfo], objective, pre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Latent steps per clip (video, audio): the stored steps, except the side that
+    interp='pre' resamples, which has ``pre`` (from :func:`pre_lengths`)."""
     nv = np.array([c.n_video for c in clips], dtype=np.int64)
     na = np.array([c.n_audio for c in clips], dtype=np.int64)
-    if objective.interp == "pre":
+    if pre is not None:
         if objective.resample == "video":
-            nv = na.copy()
+            nv = pre.copy()
         else:
-            na = nv.copy()
+            na = pre.copy()
     return nv, na
 
 
@@ -88,8 +130,8 @@ def _alloc(shape, folder: Path | None, name: str) -> np.ndarray:
 @torch.no_grad()
 def embed_split(
     model,
-    objective,
     cache_path: str | os.PathLike,
+    meta: CacheMeta,
     split: str,
     clips: list[ClipInfo],
     batch_size: int = 64,
@@ -99,14 +141,16 @@ def embed_split(
 ) -> SplitLatents:
     """Encode ``clips`` (a split's usable clips, cache order) with ``model`` (eval mode).
 
+    meta: the cache's metadata (step rates for 'pre' lengths, see :func:`pre_lengths`).
+
     folder: write ``.npy`` files there (memory-mapped) instead of RAM arrays.
     progress: optional callable(n_clips_done) for a progress bar.
     """
     from scav.core.loader import iter_eval_batches
-    from scav.sequence.pooling import masked_mean
 
     ids = [c.clip_id for c in clips]
-    nv, na = latent_lengths(clips, objective)
+    pre = pre_lengths(clips, model.objective, meta)
+    nv, na = latent_lengths(clips, model.objective, pre)
     voff, aoff = _offsets(nv), _offsets(na)
     c = int(model.cfg.c)
     need = 4 * c * (int(voff[-1]) + int(aoff[-1]) + 2 * len(ids))
@@ -123,7 +167,8 @@ def embed_split(
         if batch.clip_ids != ids[done : done + len(batch)]:
             raise CacheError(f"cache order changed while reading {split}: expected {ids[done]}, got {batch.clip_ids[0]}")
         b = batch.to(dev)
-        out = model(b.video, b.video_mask, b.audio, b.audio_mask)
+        own = None if pre is None else torch.from_numpy(pre[done : done + len(batch)]).to(dev)
+        out = model(b.video, b.video_mask, b.audio, b.audio_mask, pre_lengths=own)
         for m, off in (("video", voff), ("audio", aoff)):
             seq, mask = out[f"{m}_seq"].float(), out[f"{m}_mask"]
             lens = mask.sum(1).cpu().numpy()
@@ -162,21 +207,28 @@ def load_export(folder: Path, clip_ids: list[str]) -> SplitLatents | None:
     if stored != clip_ids:
         log.warning("%s was exported for other clips; recomputing", folder)
         return None
-    return SplitLatents(
-        clip_ids, Latents.load(folder, "video"), Latents.load(folder, "audio"), folder, reused=True
-    )
+    try:
+        version = json.loads((folder / "meta.json").read_text()).get("export_version")
+    except (OSError, json.JSONDecodeError):
+        version = None
+    if version != EXPORT_VERSION:
+        log.warning("%s was exported by an older SCAV (latents of another layout); recomputing", folder)
+        return None
+    return SplitLatents(clip_ids, Latents.load(folder, "video"), Latents.load(folder, "audio"), folder)
 
 
-def embed_and_export(model, objective, cache_path, split, clips, final: Path, meta: dict, **kw) -> SplitLatents:
-    """embed_split into ``final`` (written as ``final``.tmp-<pid>, renamed when complete)."""
+def embed_and_export(model, cache_path, meta: CacheMeta, split, clips, final: Path, export_meta: dict, **kw) -> SplitLatents:
+    """embed_split into ``final`` (written as ``final``.tmp-<pid>, renamed when complete),
+    with ``clips.json`` and ``meta.json`` (= export_meta)."""
     remove_stale_tmp(final)
     with atomic_path(final) as tmp:  # a stale export of other clips at ``final`` is replaced
         tmp.mkdir()
-        lat = embed_split(model, objective, cache_path, split, clips, folder=tmp, **kw)
+        lat = embed_split(model, cache_path, meta, split, clips, folder=tmp, **kw)
         (tmp / "clips.json").write_text(json.dumps(lat.clip_ids))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / "meta.json").write_text(
+            json.dumps({**export_meta, "export_version": EXPORT_VERSION}, indent=2, sort_keys=True)
+        )
         del lat  # close the write maps before the rename
     out = load_export(final, [c.clip_id for c in clips])
     assert out is not None
-    out.reused = False
     return out

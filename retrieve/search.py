@@ -6,16 +6,16 @@ timing of 1K queries against 10K candidates). Directions:
 ``a2v`` = audio queries, video candidates; ``v2a`` = video queries, audio candidates.
 
 - **agg**: mean-pooled embeddings, cosine similarity.
-- **seq**: the sequence distance the model was trained with (:class:`SeqDistance`),
-  exact over all candidates. Distances come from ``scav.train.objective.sequence_distance``
-  on (query block x candidate chunk) blocks; for the interpolated Euclidean that is one
+- **seq**: the sequence distance the model was trained with (a
+  :class:`~scav.sequence.spec.DistanceSpec`, the training distance), exact over all
+  candidates, on (query block x candidate chunk) blocks; for the interpolated Euclidean that is one
   interpolation and one matrix product (``|q|^2 + |c|^2 - 2 q.c`` over the flattened
   ``L * c`` axis) per distinct target length, never a loop over pairs.
 - **hybrid**: the top ``k`` candidates of each query by agg, re-ranked by seq.
   A positive outside its query's top ``k`` keeps its agg rank (which is > k): that is
   where a user would find it, below the ``k`` re-ranked ones. So hybrid with k = N is
   seq and hybrid with k = 1 is agg. Re-ranking computes only the k distances a query
-  needs (a sampled matrix product, :meth:`SeqDistance.sampled`), or, when the top-k
+  needs (a sampled matrix product, :meth:`DistanceSpec.sampled`), or, when the top-k
   lists cover most candidates, dense blocks as seq does (see :func:`hybrid_rerank`).
 
 Memory is bounded by the block sizes, not by the split: candidates are read chunk by
@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from scav.sequence.metrics import count_ahead
+from scav.sequence.pooling import masked_mean
+from scav.sequence.spec import DistanceSpec
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,12 @@ class Latents:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         flat = seq[mask].float().cpu().numpy()
-        m = mask.unsqueeze(-1).float()
-        emb = ((seq.float() * m).sum(1) / m.sum(1).clamp(min=1.0)).cpu().numpy()
+        emb = masked_mean(seq.float(), mask).cpu().numpy()
         return cls(np.ascontiguousarray(flat), offsets, emb)
 
     @classmethod
     def load(cls, folder: str | Path, modality: str, mmap: bool = True) -> "Latents":
-        """Read ``<modality>_seq.npy``, ``_offsets.npy``, ``_emb.npy`` (see embed.save_latents)."""
+        """Read ``<modality>_seq.npy``, ``_offsets.npy``, ``_emb.npy`` (the export layout of :mod:`scav.retrieve.embed`)."""
         folder = Path(folder)
         mode = "c" if mmap else None  # copy-on-write: torch can wrap it; the file is never changed
         return cls(
@@ -138,177 +138,6 @@ class Latents:
         x = np.asarray(self.seq[rows.reshape(-1)], dtype=np.float32).reshape(len(idx), lmax, self.dim)
         x[~valid] = 0.0
         return torch.from_numpy(x), torch.from_numpy(valid)
-
-
-# ----------------------------------------------------------------------------- distances
-
-
-@dataclass(frozen=True)
-class SeqDistance:
-    """The sequence distance used by seq / hybrid retrieval.
-
-    name: 'euclidean' (interpolated, ``direction`` v2a = video resampled to the audio
-    length, a2v the reverse), 'soft_dtw' (``gamma``) or 'wasserstein' (``eps``). Built
-    from a model's objective with :meth:`from_objective` (CAV models: euclidean v2a).
-    """
-
-    name: str = "euclidean"
-    direction: str = "v2a"
-    gamma: float = 0.1
-    eps: float = 0.1
-
-    @classmethod
-    def from_objective(cls, obj_cfg) -> "SeqDistance":
-        if not obj_cfg.uses_scav:
-            return cls("euclidean", "v2a")
-        return cls(obj_cfg.distance, "v2a" if obj_cfg.resample == "video" else "a2v", obj_cfg.gamma, obj_cfg.eps)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} {self.direction}" if self.name == "euclidean" else self.name
-
-    def _objective(self):
-        from scav.train.config import ObjectiveConfig
-
-        # interp only matters to the encoder; the distance itself is the same for pre/post
-        return ObjectiveConfig(
-            kind="scav", distance=self.name, interp="post", resample="video" if self.direction == "v2a" else "audio",
-            gamma=self.gamma, eps=self.eps,
-        )
-
-    def matrix(self, video, video_mask, audio, audio_mask) -> torch.Tensor:
-        """All pairs: video (Bv, T, c) x audio (Ba, S, c) -> (Bv, Ba), the training function."""
-        from scav.train.objective import sequence_distance
-
-        if self.name == "euclidean":
-            fast = _equal_length_euclidean(video, video_mask, audio, audio_mask)
-            if fast is not None:
-                return fast
-        return sequence_distance(self._objective(), video, video_mask, audio, audio_mask)
-
-    def paired(self, video, video_mask, audio, audio_mask) -> torch.Tensor:
-        """Matched pairs: video (P, T, c) x audio (P, S, c) -> (P,), d(video_p, audio_p).
-
-        Interpolated Euclidean vectorised over pairs (each pair resampled to its own
-        target length); the other distances fall back to one matrix call per pair.
-        """
-        if self.name != "euclidean":
-            return torch.stack(
-                [self.matrix(video[p : p + 1], video_mask[p : p + 1], audio[p : p + 1], audio_mask[p : p + 1])[0, 0]
-                 for p in range(video.shape[0])]
-            ) if video.shape[0] else video.new_zeros(0)
-        from scav.sequence.distances import interpolate_to_lengths, valid_lengths
-
-        if self.direction == "v2a":
-            src, src_mask, tgt, tgt_mask = video, video_mask, audio, audio_mask
-        else:
-            src, src_mask, tgt, tgt_mask = audio, audio_mask, video, video_mask
-        tgt_len = valid_lengths(tgt_mask)
-        if src.shape[1] == tgt.shape[1] and torch.equal(src_mask, tgt_mask):
-            res = src  # same valid lengths: linear interpolation is the identity
-        else:
-            res, _ = interpolate_to_lengths(src, src_mask, tgt_len)
-            tgt = tgt[:, : res.shape[1]]
-        diff = (res - tgt).square().sum(-1)  # (P, L); padded steps are zero on both sides
-        return diff.sum(1) / tgt_len.to(diff.dtype)
-
-
-    def rerank(self, q, q_mask, c, c_mask, query_is_video: bool) -> torch.Tensor:
-        """Each query against its own candidates, pair by pair (any distance):
-        q (n, Lq, C), q_mask (n, Lq), c (n, k, Lc, C), c_mask (n, k, Lc) -> (n, k)."""
-        n, k = c.shape[:2]
-        qr = q.repeat_interleave(k, dim=0)
-        qmr = q_mask.repeat_interleave(k, dim=0)
-        cf, cmf = c.reshape(n * k, *c.shape[2:]), c_mask.reshape(n * k, -1)
-        if query_is_video:
-            return self.paired(qr, qmr, cf, cmf).view(n, k)
-        return self.paired(cf, cmf, qr, qmr).view(n, k)
-
-    def sampled(self, q, q_mask, c, c_mask, rows, cols, query_is_video: bool) -> torch.Tensor:
-        """Interpolated Euclidean of the pairs (q[rows[p]], c[cols[p]]) -> (P,).
-
-        The same ``(|s|^2 + |t|^2 - 2 s.t) / L`` as :meth:`matrix`, grouped by target
-        length L, but only the P cross terms are computed: a sampled matrix product
-        (``torch.sparse.sampled_addmm``, one dot product per pair, reading the sequences
-        in place). Nothing of size P x L x C is built, so re-ranking k of N costs about
-        k / N of a full product instead of a gather of P candidate copies.
-        """
-        if self.name != "euclidean":
-            raise ValueError(f"sampled distances are for the interpolated Euclidean, not {self.name}")
-        from scav.sequence.distances import valid_lengths
-
-        if query_is_video != (self.direction == "v2a"):  # the query is the target side
-            tgt, tgt_mask, t_idx, src, src_mask, s_idx = q, q_mask, rows, c, c_mask, cols
-        else:
-            tgt, tgt_mask, t_idx, src, src_mask, s_idx = c, c_mask, cols, q, q_mask, rows
-        out = torch.empty(len(rows), dtype=q.dtype, device=q.device)
-        pair_len = valid_lengths(tgt_mask)[t_idx]
-        for length in torch.unique(pair_len).tolist():
-            p = (pair_len == length).nonzero(as_tuple=True)[0]
-            s, s_loc = _flat_at_length(src, src_mask, s_idx[p], length, resample=True)  # (ms, L*C)
-            t, t_loc = _flat_at_length(tgt, tgt_mask, t_idx[p], length, resample=False)  # (mt, L*C)
-            cross = _sampled_dots(s, t, s_loc, t_loc)
-            # squared norms as reductions (no temporary of the operand's size)
-            sq_s = torch.linalg.vector_norm(s, dim=1).square()
-            sq_t = torch.linalg.vector_norm(t, dim=1).square()
-            out[p] = (sq_s[s_loc] + sq_t[t_loc] - 2.0 * cross).clamp_min(0.0) / length
-        return out
-
-
-def _flat_at_length(x, mask, idx, length: int, resample: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sequences ``idx`` of x at ``length`` steps (valid part resampled if ``resample``,
-    else cut) as a (m, length * C) matrix, and each entry of idx's row in it.
-
-    When x already is at that length it is used in place (a view, rows = idx): copying the
-    needed rows out would cost more than the sampled product itself.
-    """
-    from scav.sequence.distances import interpolate_to_length
-
-    if x.shape[1] == length and bool(mask.all()):
-        return x.reshape(x.shape[0], -1), idx
-    rows, loc = torch.unique(idx, return_inverse=True)
-    xs, ms = x[rows], mask[rows]
-    xs = _resampled(xs, ms, length, interpolate_to_length) if resample else xs[:, :length]
-    return xs.reshape(len(rows), -1), loc
-
-
-def _sampled_dots(s: torch.Tensor, t: torch.Tensor, s_loc: torch.Tensor, t_loc: torch.Tensor) -> torch.Tensor:
-    """(P,) dot products s[s_loc[p]] . t[t_loc[p]] (distinct pairs) via a sampled matmul."""
-    n_s, n_t = s.shape[0], t.shape[0]
-    order = torch.argsort(s_loc * n_t + t_loc)  # CSR: by row, columns ascending
-    crow = torch.zeros(n_s + 1, dtype=torch.int64, device=s.device)
-    crow[1:] = torch.cumsum(torch.bincount(s_loc, minlength=n_s), 0)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": it is, and tested here
-        warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(
-            crow, t_loc[order], torch.zeros(len(order), dtype=s.dtype, device=s.device),
-            size=(n_s, n_t), check_invariants=False,
-        )
-        vals = torch.sparse.sampled_addmm(pattern, s.contiguous(), t.contiguous().T, beta=0.0).values()
-    out = torch.empty_like(vals)
-    out[order] = vals
-    return out
-
-
-def _equal_length_euclidean(video, video_mask, audio, audio_mask) -> torch.Tensor | None:
-    """The interpolated Euclidean when every sequence of both blocks has the same valid
-    length L (pre-interpolated models, fixed-length clips): the interpolation is then the
-    identity in either direction (``interpolate_to_lengths`` at equal lengths returns its
-    input exactly), so skip it. Same formula as ``interp_euclidean_matrix``; None otherwise.
-    """
-    length = video.shape[1]
-    if audio.shape[1] != length or not bool(video_mask.all()) or not bool(audio_mask.all()):
-        return None
-    p, q = video.flatten(1), audio.flatten(1)
-    d = (p * p).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (p @ q.T)
-    return d.clamp_min(0.0) / length
-
-
-def _resampled(x: torch.Tensor, mask: torch.Tensor, length: int, interpolate) -> torch.Tensor:
-    """x's valid parts resampled to ``length`` steps; a no-op (no copy) when they already are."""
-    if x.shape[1] >= length and bool(mask[:, :length].all()) and (x.shape[1] == length or not bool(mask[:, length:].any())):
-        return x[:, :length]
-    return interpolate(x, mask, length)
 
 
 # ----------------------------------------------------------------------------- streaming ranks
@@ -484,7 +313,7 @@ def agg_search(
 
 
 def seq_search(
-    queries: Latents, candidates: Latents, direction: str, distance: SeqDistance, cfg: SearchConfig
+    queries: Latents, candidates: Latents, direction: str, distance: DistanceSpec, cfg: SearchConfig
 ) -> torch.Tensor:
     """Exact sequence-distance ranks over all candidates; (Q,) int64."""
     dev = torch.device(cfg.device)
@@ -521,7 +350,7 @@ def hybrid_rerank(
     queries: Latents,
     candidates: Latents,
     direction: str,
-    distance: SeqDistance,
+    distance: DistanceSpec,
     agg_ranks: torch.Tensor,
     agg_topk: torch.Tensor,
     cfg: SearchConfig,
@@ -626,7 +455,7 @@ def retrieve(
     audio: Latents,
     methods: tuple[str, ...] = METHODS,
     k: int = 100,
-    distance: SeqDistance = SeqDistance(),
+    distance: DistanceSpec = DistanceSpec(),
     cfg: SearchConfig = SearchConfig(),
     directions: tuple[str, ...] = DIRECTIONS,
 ) -> dict[str, DirectionResult]:
@@ -666,9 +495,3 @@ def retrieve(
             log.info("%s %s: %.2f s", direction, m, res.seconds[m])
         out[direction] = res
     return out
-
-
-def iter_method_rows(results: dict[str, DirectionResult]) -> Iterator[tuple[str, str, torch.Tensor]]:
-    for direction, res in results.items():
-        for method, ranks in res.ranks.items():
-            yield direction, method, ranks

@@ -216,7 +216,7 @@ def stage_train(cfg: DemoConfig, cache: Path, run_dir: Path, kind: str, console)
 
 def stage_retrieve(cfg: DemoConfig, cache: Path, checkpoints: dict[str, Path], latents: Path) -> dict:
     """agg + seq + hybrid for each model; hybrid for every k. Latents are exported and reused."""
-    from scav.retrieve.cli import RetrieveConfig, run
+    from scav.retrieve.evaluate import RetrieveConfig, run
 
     n_test = None
     out: dict[str, Any] = {}

@@ -42,8 +42,10 @@ def test_round_trip_is_exact_in_float16(tmp_path):
         assert got.info == r.info
     second = cache.get("clip005", track=1)
     np.testing.assert_array_equal(second.audio, recs[5].audio[1].astype(np.float16))
-    # a clip without a second track reads as an empty sequence, not another clip's data
-    assert cache.get("clip004", track=1).audio.shape == (0, 4)
+    assert second.track == 1 and cache.get("clip005", track="FRA").track == 1  # by language tag
+    # a clip without the selected track is an error naming it, never empty or another track's audio
+    with pytest.raises(CacheError, match=r"clip 'clip004' has no audio track 1 \(it has 1 track: 0"):
+        cache.get("clip004", track=1)
     assert [f.clip_id for f in cache.failures()] == ["bad"]
     assert cache.summary()["multi_track_clips"] == 1
 
@@ -89,12 +91,13 @@ def test_not_a_cache(tmp_path):
 def test_unfinished_part_is_invisible_and_cleaned(tmp_path):
     """A part killed mid-write stays in .staging: readers never see it."""
     path = tmp_path / "c.zarr"
-    w = CacheWriter.create_or_open(path, new_meta(VIDEO, AUDIO))
-    w.write_part([_record(0)])
+    with CacheWriter.create_or_open(path, new_meta(VIDEO, AUDIO)) as w:
+        w.write_part([_record(0)])
     committed = next(p for p in (path / "parts").iterdir() if p.is_dir())
-    shutil.copytree(committed, path / ".staging" / "p-99999999999999999999-deadbeef")
+    shutil.copytree(committed, path / ".staging" / "p-99999999999999999999-deadbeef")  # an old-style leftover
     assert len(FeatureCache.open(path)) == 1
-    assert CacheWriter.create_or_open(path, new_meta(VIDEO, AUDIO)).done_clip_ids() == {"clip000"}
+    with CacheWriter.create_or_open(path, new_meta(VIDEO, AUDIO)) as w:
+        assert w.done_clip_ids() == {"clip000"}
     assert not any((path / ".staging").iterdir())
 
 

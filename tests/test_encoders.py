@@ -203,13 +203,21 @@ def test_real_clip_vit_b32():
 
 
 @pytest.mark.weights
-@pytest.mark.skipif(not os.environ.get("SCAV_BEATS_CKPT"), reason="set SCAV_BEATS_CKPT to BEATs_iter3_plus_AS2M.pt")
+@pytest.mark.skipif(
+    not os.environ.get("SCAV_BEATS_CKPT"),
+    reason="set SCAV_BEATS_CKPT to BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt (docs/WEIGHTS.md)",
+)
 def test_real_beats_iter3_as2m():
     enc = build_audio_encoder("beats-iter3-as2m", os.environ["SCAV_BEATS_CKPT"])
     out = enc.encode(noise(10.0))
     assert out.shape == (62, 6144) and np.isfinite(out).all()
     cfg = enc.info.preprocessing["cfg"]
     assert cfg["deep_norm"] is True and cfg["encoder_layers"] == 12
+    variant = enc.info.preprocessing["variant"]
+    assert variant == ("finetuned" if cfg.get("finetuned_model") else "pretrained")
+    if variant == "finetuned":  # the paper's: 527-class AudioSet head, discarded
+        assert enc.info.preprocessing["provenance"]["head_classes_discarded"] == 527
+    assert enc.model.predictor is None
 
 
 # ---------------------------------------------------------------- GPU

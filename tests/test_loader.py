@@ -64,10 +64,16 @@ def test_eval_batches_follow_cache_order_and_match_get(cache_path):
     _check_against_cache(cache, val[0], track=1)
 
 
-def test_missing_second_track_is_an_all_false_mask(cache_path):
-    (b,) = iter_eval_batches(cache_path, "val", batch_size=8, track=1)
-    assert b.clip_ids == [f"c{100 + i}" for i in range(5)]
-    assert b.audio_mask.any(dim=1).tolist() == [i % 2 == 1 for i in range(5)]
+def test_missing_second_track_is_an_error_before_reading(cache_path):
+    # a clip without the selected track is never served as empty (or another track's) audio
+    with pytest.raises(CacheError, match=r"3 of the 5 selected clips have no audio track 1, e.g. 'c100'"):
+        iter_eval_batches(cache_path, "val", batch_size=8, track=1).__next__()
+    with pytest.raises(CacheError, match="no audio track 1"):
+        make_train_loader(cache_path, "val", 2, seed=0, track=1)
+    cache = FeatureCache.open(cache_path)
+    have = [c.clip_id for c in cache.clips("val") if c.find_track(1) is not None]
+    (b,) = iter_eval_batches(cache_path, clip_ids=have, batch_size=8, track=1)
+    assert b.clip_ids == ["c101", "c103"] and b.audio_mask.any(dim=1).all()
 
 
 def test_epoch_serves_every_clip_once_and_matches_get(cache_path):
@@ -161,33 +167,39 @@ def test_batches_mix_sources_stored_contiguously():
 @pytest.mark.parametrize(
     "layout, flat",
     [(CacheLayout(chunk_rows=4), True), (CacheLayout(chunk_rows=2, shard_rows=8), True),
-     (CacheLayout(chunk_rows=4, compressor="zstd"), False)],
-    ids=["chunks", "shards", "zstd"],
+     (CacheLayout(chunk_rows=4, compressor="zstd"), False),
+     (CacheLayout(chunk_rows=4, checksums=False), True), (CacheLayout(chunk_rows=2, shard_rows=8, checksums=False), True)],
+    ids=["chunks", "shards", "zstd", "chunks-no-crc", "shards-no-crc"],
 )
 def test_byte_reader_matches_zarr_for_each_layout(tmp_path, layout, flat):
-    from scav.core.loader import _FlatArray
+    from scav.core.chunk_layout import ArrayChunks
 
     meta = new_meta(EncoderInfo("pixels", DV, stand_in=True), EncoderInfo("fbank", DA, stand_in=True), layout=layout)
     w = CacheWriter.create_or_open(tmp_path / "c.zarr", meta)
     recs = [_record(i, "train", "s") for i in range(12)]
-    for r in recs[2:4]:  # all-zero chunks are never written by Zarr: must read as zeros
+    for r in recs[2:4]:  # all-zero chunks: written with checksums, skipped by Zarr without (read as zeros)
         r.video[:] = 0
         r.audio[0][:] = 0
     w.write_part(recs[:9])
     w.write_part(recs[9:])
     cache = FeatureCache.open(tmp_path / "c.zarr")
-    video = _FlatArray.open(cache.parts[0].path / "video" / "data")
-    assert (video is not None) == flat
-    if flat:  # the zero rows 5..14 leave at least one chunk unwritten
-        assert any(fd is None for fd, *_ in video.pieces(0, video.rows))
+    video = ArrayChunks.open(cache.parts[0].path / "video" / "data")
+    assert video.raw == flat and video.chunk_crc == (layout.checksums and flat)
+    if flat:  # the zero rows 5..14 leave at least one chunk unwritten, unless every chunk is written
+        assert any(fd is None for fd, *_ in video.pieces(0, video.rows)) != layout.checksums
     (batch,) = iter_eval_batches(tmp_path / "c.zarr", "train", batch_size=12)
     _check_against_cache(cache, batch)
+    for r in recs:  # and both match what was written, read through Zarr itself
+        part = cache.parts[cache.locate(r.info.clip_id)[0]]
+        a, b = part.offsets("video")[cache.locate(r.info.clip_id)[1] : cache.locate(r.info.clip_id)[1] + 2]
+        np.testing.assert_array_equal(part.group["video/data"][a:b], r.video.astype(np.float16))
+        np.testing.assert_array_equal(cache.get(r.info.clip_id).video, r.video.astype(np.float16))
 
 
 def test_buffer_pool_reuses_a_buffer_only_once_nothing_uses_it():
-    from scav.core.loader import _BufferPool
+    from scav.core.buffers import BufferPool
 
-    pool = _BufferPool(keep=2)
+    pool = BufferPool(keep=2)
     a = torch.from_numpy(pool.view((4, 5), np.float32))
     pa = a.data_ptr()
     b = torch.from_numpy(pool.view((4, 5), np.float32))
@@ -232,14 +244,14 @@ def test_reader_thread_errors_reach_the_consumer_and_stopping_early_ends_it(tmp_
     shutil.copytree(cache_path, broken)
     chunk = next(p for p in sorted(broken.rglob("c/*/0")) if "audio" in str(p) and p.stat().st_size > 8)
     chunk.write_bytes(chunk.read_bytes()[:8])  # truncated chunk file
-    with pytest.raises(CacheError, match="short read"):
+    with pytest.raises(CacheError, match="clip 'c.*' in part p-.*truncated"):
         for _ in make_train_loader(broken, "train", 8, seed=0, shuffle=False):
             pass
     assert threading.active_count() == before
 
 
 def test_mapped_files_keep_the_latest_maps_and_evicted_ones_stay_valid_while_viewed(tmp_path):
-    from scav.core.loader import _MappedFiles
+    from scav.core.mapped import MappedFiles
 
     paths = []
     for i in range(4):
@@ -247,7 +259,7 @@ def test_mapped_files_keep_the_latest_maps_and_evicted_ones_stay_valid_while_vie
         p.write_bytes(bytes([i]) * (1000 + i))
         paths.append(str(p))
     (tmp_path / "empty").write_bytes(b"")
-    maps = _MappedFiles(limit=2)
+    maps = MappedFiles(limit=2)
     first = maps.get(paths[0]).data  # a view held by a caller
     assert maps.get(paths[0]) is maps.get(paths[0])  # reused, not mapped again
     for p in paths[1:]:
@@ -260,18 +272,18 @@ def test_mapped_files_keep_the_latest_maps_and_evicted_ones_stay_valid_while_vie
 
 
 def test_an_open_cache_keeps_its_maps_across_epochs_and_readers(cache_path):
-    from scav.core.loader import _files_for
+    from scav.core.clip_reader import files_for
 
     cache = FeatureCache.open(cache_path)
     list(make_train_loader(cache, "train", 8, seed=0))
-    maps = _files_for(cache).maps
+    maps = files_for(cache).maps
     mapped = dict(maps._maps)
     assert mapped and all(m is not None for m in mapped.values())
     for b in make_train_loader(cache, "train", 8, seed=0, epoch=1):  # the next epoch maps nothing new
         _check_against_cache(cache, b)
     list(iter_eval_batches(cache, "train", batch_size=8))
-    assert _files_for(cache).maps is maps and all(maps._maps[p] is m for p, m in mapped.items())
-    assert _files_for(FeatureCache.open(cache_path)).maps is not maps  # another open cache, its own maps
+    assert files_for(cache).maps is maps and all(maps._maps[p] is m for p, m in mapped.items())
+    assert files_for(FeatureCache.open(cache_path)).maps is not maps  # another open cache, its own maps
 
 
 def test_two_threads_reading_one_open_cache_get_the_right_clips(cache_path):

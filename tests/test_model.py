@@ -67,6 +67,29 @@ def test_pre_interpolation_happens_before_the_encoder():
     torch.testing.assert_close(seq, ref)
 
 
+@pytest.mark.parametrize("resample", ["video", "audio"])
+def test_pre_lengths_replace_the_partner_length(resample):
+    """Retrieval's forward(pre_lengths=...): the resampled side takes the given lengths, so
+    its latents do not change when the partner clip's length changes."""
+    torch.manual_seed(0)
+    model = SCAVModel(TINY, 12, 20, ObjectiveConfig(interp="pre", resample=resample)).eval()
+    v, vm = _batch([9, 4], 12, 5)
+    a, am = _batch([3, 6], 20, 6)
+    own = torch.tensor([5, 8])
+    side = resample
+    with torch.no_grad():
+        out = model(v, vm, a, am, pre_lengths=own)
+        if side == "video":  # other partners, of other lengths
+            out2 = model(v, vm, *_batch([7, 2], 20, 7), pre_lengths=own)
+            ref, _ = model.encode_video(v, vm, own)
+        else:
+            out2 = model(*_batch([2, 11], 12, 8), a, am, pre_lengths=own)
+            ref, _ = model.encode_audio(a, am, own)
+    assert torch.equal(out[f"{side}_mask"].sum(1), own)
+    torch.testing.assert_close(out[f"{side}_seq"], ref)
+    torch.testing.assert_close(out2[f"{side}_seq"], out[f"{side}_seq"])
+
+
 def _t5_bucket_naive(rel: int, num_buckets: int, max_distance: int) -> int:
     """Scalar transcription of T5's _relative_position_bucket (bidirectional)."""
     n = -rel

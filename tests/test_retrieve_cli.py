@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cache_factory import make_learnable_cache, make_random_cache
 from scav.core.cache import FeatureCache
-from scav.retrieve.cli import RetrieveConfig, app, run
+from scav.retrieve.cli import app
+from scav.retrieve.evaluate import RetrieveConfig, run
 from scav.sequence.metrics import ranks_from_scores, summarize_ranks
 from scav.train.checkpoint import make_payload, save_checkpoint
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
@@ -140,3 +141,47 @@ def test_bad_inputs_exit_cleanly(setup, tmp_path):
 def test_help_does_not_import_torch():
     code = "import sys; from scav.retrieve.cli import app; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_cli_options_are_the_config_defaults(setup, monkeypatch):
+    """The typer options carry RetrieveConfig's own defaults (nothing written twice)."""
+    import scav.retrieve.evaluate as evaluate
+
+    tmp, cache, post, _ = setup
+    seen = []
+    monkeypatch.setattr(evaluate, "run", lambda cfg: seen.append(cfg) or {})
+    r = CliRunner().invoke(app, ["--split", "test", "--checkpoint", str(post), "--json", "-"])
+    assert r.exit_code == 0, r.output
+    assert seen == [RetrieveConfig(checkpoint=str(post), split="test", json_path="-")]
+
+
+def test_dtw_gamma_zero_ranks_by_hard_dtw(setup, tmp_path):
+    from scav.sequence.dtw import dtw_matrix
+
+    _, cache, _, _ = setup
+    ckpt = make_checkpoint(tmp_path, cache, ObjectiveConfig(kind="scav", distance="soft_dtw", interp="post"), "sdtw.pt")
+    res = run(RetrieveConfig(checkpoint=str(ckpt), split="test", cache=str(cache), method="seq", dtw_gamma=0.0,
+                             query_block=4, candidate_chunk=3, device="cpu"))
+    assert res["seq_distance"] == "dtw (hard)"
+    from scav.train.checkpoint import load_model
+
+    model, _, _ = load_model(ckpt)
+    fc = FeatureCache.open(cache)
+    vs, as_ = [], []
+    with torch.no_grad():
+        for info in fc.clips("test"):
+            f = fc.get(info.clip_id)
+            v, a = torch.from_numpy(f.video.astype("float32"))[None], torch.from_numpy(f.audio.astype("float32"))[None]
+            out = model(v, torch.ones(v.shape[:2], dtype=torch.bool), a, torch.ones(a.shape[:2], dtype=torch.bool))
+            vs.append(out["video_seq"][0])
+            as_.append(out["audio_seq"][0])
+    pad = torch.nn.utils.rnn.pad_sequence
+    v, a = pad(vs, batch_first=True), pad(as_, batch_first=True)
+    vm = torch.arange(v.shape[1])[None] < torch.tensor([len(x) for x in vs])[:, None]
+    am = torch.arange(a.shape[1])[None] < torch.tensor([len(x) for x in as_])[:, None]
+    d = dtw_matrix(v.double(), vm, a.double(), am)
+    assert res["a2v"] == pytest.approx(summarize_ranks(ranks_from_scores(-d.T)))
+    assert res["v2a"] == pytest.approx(summarize_ranks(ranks_from_scores(-d)))
+    r = CliRunner().invoke(app, ["--split", "test", "--checkpoint", str(setup[2]), "--cache", str(cache),
+                                 "--device", "cpu", "--dtw-gamma", "0"])
+    assert r.exit_code == 2 and "applies to soft-DTW models" in " ".join(r.output.split())

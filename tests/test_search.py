@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from scav.sequence.metrics import ranks_from_scores
+from scav.sequence.spec import DistanceSpec
 from scav.retrieve.search import (
     Latents,
     RunningTopK,
     SearchConfig,
-    SeqDistance,
     agg_search,
     hybrid_rerank,
     key_index,
@@ -41,15 +41,16 @@ def make_pair(n=23, c=6, uniform=False, seed=0):
     return (v, vm), (a, am)
 
 
-def naive_distance(v, vm, a, am, direction):
-    """Per pair: F.interpolate the valid part, mean over steps of the squared L2."""
+def naive_distance(v, vm, a, am, resample):
+    """Per pair: F.interpolate the valid part (of the video if resample='video', else of
+    the audio), mean over steps of the squared L2. (Bv, Ba) float64."""
     n_v, n_a = v.shape[0], a.shape[0]
     d = torch.empty(n_v, n_a, dtype=torch.float64)
     for i in range(n_v):
         vi = v[i, : int(vm[i].sum())].double()
         for j in range(n_a):
             aj = a[j, : int(am[j].sum())].double()
-            if direction == "v2a":
+            if resample == "video":
                 src, tgt = vi, aj
             else:
                 src, tgt = aj, vi
@@ -64,30 +65,30 @@ def naive_ranks(d_video_by_audio, direction):
 
 
 @pytest.mark.parametrize("uniform", [False, True])
-@pytest.mark.parametrize("dist_direction", ["v2a", "a2v"])
+@pytest.mark.parametrize("resample", ["video", "audio"])
 @pytest.mark.parametrize("blocks", [(5, 7), (4, 23), (23, 3)])
-def test_seq_streaming_equals_naive_full_matrix(dist_direction, blocks, uniform):
+def test_seq_streaming_equals_naive_full_matrix(resample, blocks, uniform):
     (v, vm), (a, am) = make_pair(uniform=uniform)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     cfg = SearchConfig(query_block=blocks[0], candidate_chunk=blocks[1])
-    dist = SeqDistance("euclidean", dist_direction)
-    d = naive_distance(v, vm, a, am, dist_direction)
+    dist = DistanceSpec("euclidean", resample)
+    d = naive_distance(v, vm, a, am, resample)
     for ret_dir in ("a2v", "v2a"):
         q, c = (audio, video) if ret_dir == "a2v" else (video, audio)
         got = seq_search(q, c, ret_dir, dist, cfg)
-        assert torch.equal(got, naive_ranks(d, ret_dir)), (ret_dir, dist_direction, blocks)
+        assert torch.equal(got, naive_ranks(d, ret_dir)), (ret_dir, resample, blocks)
 
 
 def test_paired_distance_matches_matrix():
     (v, vm), (a, am) = make_pair(n=9)
-    for direction in ("v2a", "a2v"):
-        dist = SeqDistance("euclidean", direction)
+    for resample in ("video", "audio"):
+        dist = DistanceSpec("euclidean", resample)
         full = dist.matrix(v, vm, a, am)
         ii, jj = torch.meshgrid(torch.arange(9), torch.arange(9), indexing="ij")
         ii, jj = ii.reshape(-1), jj.reshape(-1)
         paired = dist.paired(v[ii], vm[ii], a[jj], am[jj]).reshape(9, 9)
         torch.testing.assert_close(paired, full, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(full.double(), naive_distance(v, vm, a, am, direction), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(full.double(), naive_distance(v, vm, a, am, resample), rtol=1e-5, atol=1e-5)
 
 
 def test_agg_streaming_with_ties_equals_full_matrix():
@@ -139,7 +140,7 @@ def test_hybrid_extremes_equal_seq_and_agg(uniform, rerank):
     (v, vm), (a, am) = make_pair(n=19, uniform=uniform, seed=3)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     cfg = SearchConfig(query_block=6, candidate_chunk=4, rerank=rerank)
-    dist = SeqDistance("euclidean", "v2a")
+    dist = DistanceSpec("euclidean", "video")
     for direction in ("a2v", "v2a"):
         q, c = (audio, video) if direction == "a2v" else (video, audio)
         agg_r, _ = agg_search(q, c, cfg)
@@ -173,8 +174,8 @@ def test_hybrid_middle_k_vs_naive(rerank):
     (v, vm), (a, am) = make_pair(n=17, seed=9)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     cfg = SearchConfig(query_block=5, candidate_chunk=6, rerank_budget_mb=1, rerank=rerank)
-    dist = SeqDistance("euclidean", "a2v")
-    d = naive_distance(v, vm, a, am, "a2v")
+    dist = DistanceSpec("euclidean", "audio")
+    d = naive_distance(v, vm, a, am, "audio")
     k = 5
     for direction in ("a2v", "v2a"):
         q, c = (audio, video) if direction == "a2v" else (video, audio)
@@ -189,24 +190,24 @@ def test_hybrid_sparse_union_vs_naive(rerank):
     (v, vm), (a, am) = make_pair(n=40, seed=17)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     cfg = SearchConfig(query_block=3, candidate_chunk=2, rerank=rerank)
-    for dist_direction in ("v2a", "a2v"):
-        dist = SeqDistance("euclidean", dist_direction)
-        d = naive_distance(v, vm, a, am, dist_direction)
+    for resample in ("video", "audio"):
+        dist = DistanceSpec("euclidean", resample)
+        d = naive_distance(v, vm, a, am, resample)
         q = audio.head(7)
         # agg embeddings that point at the positive, so it is re-ranked inside its top 3
         near = video.emb[:7] + 0.3 * np.random.default_rng(0).standard_normal(video.emb[:7].shape)
         q = Latents(q.seq, q.offsets, near.astype(np.float32))
         got = hybrid_rerank(q, video, "a2v", dist, *agg_search(q, video, cfg, k=3), cfg)
-        assert torch.equal(got, naive_hybrid_ranks(q, video, d.T[:7], 3)), dist_direction
+        assert torch.equal(got, naive_hybrid_ranks(q, video, d.T[:7], 3)), resample
         assert (got <= 3).sum() >= 5  # the check bites: most positives are re-ranked
 
 
 @pytest.mark.parametrize("uniform", [False, True])
-@pytest.mark.parametrize("direction", ["v2a", "a2v"])
-def test_sampled_pairs_equal_naive_distance(direction, uniform):
+@pytest.mark.parametrize("resample", ["video", "audio"])
+def test_sampled_pairs_equal_naive_distance(resample, uniform):
     (v, vm), (a, am) = make_pair(n=11, uniform=uniform, seed=4)
-    d = naive_distance(v, vm, a, am, direction)  # (video, audio)
-    dist = SeqDistance("euclidean", direction)
+    d = naive_distance(v, vm, a, am, resample)  # (video, audio)
+    dist = DistanceSpec("euclidean", resample)
     g = torch.Generator().manual_seed(2)
     rows, cols = torch.randint(0, 11, (40,), generator=g), torch.randint(0, 11, (40,), generator=g)
     keep = torch.unique(rows * 11 + cols)  # distinct pairs, as in a top-k list
@@ -225,7 +226,7 @@ def test_sampled_rerank_needs_euclidean():
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     cfg = SearchConfig(rerank="sampled")
     with pytest.raises(ValueError, match="sampled"):
-        hybrid_rerank(audio, video, "a2v", SeqDistance("soft_dtw"), *agg_search(audio, video, cfg, k=2), cfg)
+        hybrid_rerank(audio, video, "a2v", DistanceSpec("soft_dtw"), *agg_search(audio, video, cfg, k=2), cfg)
     with pytest.raises(ValueError, match="rerank must be"):
         SearchConfig(rerank="fast").validate()
 
@@ -240,8 +241,8 @@ def test_memmap_store_same_ranks(tmp_path):
     mv, ma = Latents.load(tmp_path, "video"), Latents.load(tmp_path, "audio")
     assert isinstance(mv.seq, np.memmap)
     cfg = SearchConfig(query_block=4, candidate_chunk=6)
-    r_ram = retrieve(video, audio, ("agg", "seq", "hybrid"), 3, SeqDistance(), cfg)
-    r_map = retrieve(mv, ma, ("agg", "seq", "hybrid"), 3, SeqDistance(), cfg)
+    r_ram = retrieve(video, audio, ("agg", "seq", "hybrid"), 3, DistanceSpec(), cfg)
+    r_map = retrieve(mv, ma, ("agg", "seq", "hybrid"), 3, DistanceSpec(), cfg)
     for d in r_ram:
         for m in r_ram[d].ranks:
             assert torch.equal(r_ram[d].ranks[m], r_map[d].ranks[m])
@@ -250,7 +251,7 @@ def test_memmap_store_same_ranks(tmp_path):
 def test_soft_dtw_streaming_equals_full_matrix():
     (v, vm), (a, am) = make_pair(n=8, c=3, seed=13)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    dist = SeqDistance("soft_dtw", gamma=0.1)
+    dist = DistanceSpec("soft_dtw", gamma=0.1)
     full = dist.matrix(v, vm, a, am)  # (video, audio)
     cfg = SearchConfig(query_block=3, candidate_chunk=5)
     assert torch.equal(seq_search(audio, video, "a2v", dist, cfg), ranks_from_scores(-full.T))
@@ -262,9 +263,9 @@ def test_soft_dtw_streaming_equals_full_matrix():
 def test_fewer_queries_than_candidates():
     (v, vm), (a, am) = make_pair(n=14, seed=21)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    d = naive_distance(v, vm, a, am, "v2a")
+    d = naive_distance(v, vm, a, am, "video")
     cfg = SearchConfig(query_block=3, candidate_chunk=4)
-    dist = SeqDistance("euclidean", "v2a")
+    dist = DistanceSpec("euclidean", "video")
     q = audio.head(6)
     got = seq_search(q, video, "a2v", dist, cfg)
     assert torch.equal(got, ranks_from_scores(-d.T[:6], torch.arange(6)))

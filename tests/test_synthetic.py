@@ -232,9 +232,11 @@ def test_recall_at_1_against_a_loop():
     s = rng.integers(0, 4, size=(9, 9)).astype(float)  # many ties
     hits = 0
     for i in range(9):
-        order = sorted(range(9), key=lambda j: (-s[i, j], 0 if j != i else 1))  # ties: correct item last
+        order = sorted(range(9), key=lambda j: (-s[i, j], j))  # ties: by index, as validation and retrieval
         hits += order[0] == i
-    assert recall_at_1(s) == hits / 9
+    assert recall_at_1(s) == pytest.approx(hits / 9)
+    # by hand: query 1's correct item ties item 0, which comes first -> miss; query 0 wins its tie
+    assert recall_at_1(np.array([[1.0, 1.0], [1.0, 1.0]])) == 0.5
 
 
 def test_config_validation():

@@ -1,4 +1,5 @@
-"""scav-train CLI: same result as run(cfg), fast --help, clean errors."""
+"""scav-train CLI: same result as run(cfg), defaults from the dataclasses, deprecated
+--direction, fast --help, clean errors."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 from typer.testing import CliRunner
 
-from scav.train.cli import app, build_config
+from scav.train.checkpoint import load_model, save_checkpoint
+from scav.train.cli import app
+from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.loop import run
+from scav.train.model import SCAVModel
 
 from cache_factory import make_learnable_cache, make_random_cache
 
@@ -26,14 +32,89 @@ def test_cli_and_run_give_the_same_result(tmp_path):
     cache = make_learnable_cache(tmp_path / "c.zarr", {"train": 20}, video_dim=8, audio_dim=8)
     res = CliRunner().invoke(app, ["--cache", str(cache), "--out", str(tmp_path / "cli"), *ARGS])
     assert res.exit_code == 0, res.output
-    cfg = build_config(str(cache), str(tmp_path / "api"), steps=4, batch_size=6, val_clips=6, val_every=2, log_every=1,
-                       warmup=1, c=16, video_layers=1, audio_layers=1, heads=2, device="cpu")
+    cfg = TrainConfig(cache=str(cache), out=str(tmp_path / "api"), steps=4, batch_size=6, val_clips=6, val_every=2,
+                      log_every=1, warmup_steps=1, device="cpu",
+                      model=ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2))
     run(cfg)
     cli_cfg = json.loads((tmp_path / "cli" / "config.json").read_text())
     api_cfg = json.loads((tmp_path / "api" / "config.json").read_text())
     assert {**cli_cfg, "out": ""} == {**api_cfg, "out": ""}
     assert cli_cfg["objective"]["interp"] == "pre"  # default for scav + euclidean
     np.testing.assert_array_equal(_losses(tmp_path / "cli"), _losses(tmp_path / "api"))
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Invoke the CLI without training: -> (exit code, output, the TrainConfig it built or None)."""
+    seen = []
+
+    def fake_run(cfg):
+        seen.append(cfg)
+        return {"steps": 0}
+
+    monkeypatch.setattr("scav.train.loop.run", fake_run)
+
+    def invoke(*args):
+        res = CliRunner().invoke(app, ["--cache", "c.zarr", "--out", "r", *args])
+        return res.exit_code, res.output, (seen.pop() if seen else None)
+
+    return invoke
+
+
+def test_cli_defaults_are_the_dataclass_defaults(captured):
+    code, out, cfg = captured()
+    assert code == 0, out
+    assert cfg == TrainConfig(cache="c.zarr", out="r")  # every default comes from the dataclasses
+    # the default interp, applied in one place: pre only for SCAV with the Euclidean distance
+    assert captured("--objective", "cav")[2].objective.interp == "post"
+    assert captured("--objective", "cav+scav")[2].objective.interp == "pre"
+    assert captured("--distance", "soft_dtw")[2].objective.interp == "post"
+    assert captured("--distance", "wasserstein", "--interp", "post")[2].objective.interp == "post"
+    assert captured("--no-normalize")[2].objective.normalize is False
+
+
+def test_default_out_names_the_objective(monkeypatch):
+    seen = []
+    monkeypatch.setattr("scav.train.loop.run", lambda cfg: seen.append(cfg) or {"steps": 0})
+    res = CliRunner().invoke(app, ["--cache", "c.zarr", "--objective", "cav", "--resample", "audio"])
+    assert res.exit_code == 0, res.output
+    assert seen[0].out == "runs/cav-euclidean-post-audio"
+
+
+def test_deprecated_direction_is_resample(captured):
+    for old, new in (("v2a", "video"), ("a2v", "audio")):
+        code, out, cfg = captured("--direction", old)
+        assert code == 0, out
+        assert cfg == captured("--resample", new)[2]
+        assert "--direction is deprecated" in out and f"--resample {new}" in out
+    assert captured("--direction", "a2v", "--resample", "audio")[0] == 0  # agreeing: fine
+    code, out, cfg = captured("--direction", "v2a", "--resample", "audio")
+    assert code == 2 and cfg is None
+    assert "disagree" in out and "Traceback" not in out
+
+
+def test_old_config_and_checkpoint_with_direction_load(tmp_path):
+    cache = make_random_cache(tmp_path / "c.zarr", {"train": 10}, video_dim=4, audio_dim=4)
+    cfg = TrainConfig(cache=str(cache), out=str(tmp_path / "r"), model=ModelConfig(c=8, video_layers=1, audio_layers=1,
+                      heads=2, video_mlp_hidden=8, audio_mlp_hidden=8),
+                      objective=ObjectiveConfig(interp="post", resample="audio"))
+    old = cfg.to_dict()
+    old["objective"] = {k: v for k, v in old["objective"].items() if k != "resample"} | {"direction": "a2v"}
+    assert TrainConfig.from_dict(old) == cfg
+    from scav.core.cache import FeatureCache
+    from scav.train.checkpoint import make_payload
+
+    meta = FeatureCache.open(cache).meta
+    model = SCAVModel(cfg.model, 4, 4, cfg.objective)
+    payload = make_payload(model, cfg, meta, step=3)
+    payload["config"] = old  # as written before the rename
+    save_checkpoint(tmp_path / "old.pt", payload)
+    loaded, loaded_cfg, _ = load_model(tmp_path / "old.pt")
+    assert loaded_cfg == cfg and loaded_cfg.objective.resample == "audio"
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    with pytest.raises(ValueError, match="objective.direction must be one of"):
+        TrainConfig.from_dict({**old, "objective": {"direction": "sideways"}})
 
 
 def test_help_explains_options_without_importing_torch():
@@ -49,6 +130,9 @@ def test_help_explains_options_without_importing_torch():
     assert "TORCH_ABSENT" in out
     for opt in ("--cache", "--objective", "--distance", "--interp", "--resample", "--no-normalize", "--resume", "--crop"):
         assert opt in out
+    assert "--direction" not in out  # deprecated alias: accepted, not advertised
+    assert "[default: 250000]" in out and "<cav|scav|cav+scav>" in out  # from the dataclass and OBJECTIVES
+    assert "started again from step 0" in out  # what --resume does without last.pt
 
 
 def test_bad_input_exits_nonzero_with_a_message(tmp_path):
@@ -59,6 +143,8 @@ def test_bad_input_exits_nonzero_with_a_message(tmp_path):
         (["--cache", str(cache), "--batch-size", "64"], "larger than the"),
         (["--cache", str(cache), "--val-clips", "10"], "smaller --val-clips"),
         (["--cache", str(cache), "--distance", "soft_dtw", "--interp", "pre"], "only applies to the 'euclidean'"),
+        (["--cache", str(cache), "--device", "gpu"], "device must be one of"),
+        (["--cache", str(cache), "--objective", "clip"], "is not one of"),
     ]
     for extra, msg in cases:
         args = [*ARGS, "--out", str(tmp_path / "r"), *extra]

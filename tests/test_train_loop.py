@@ -19,7 +19,7 @@ from scav.train.loop import (
     TrainingDiverged,
     lr_factor,
     random_crop,
-    recall_at_1,
+    recall_at_1_both_ways,
     run,
     split_train_val,
     validate,
@@ -151,10 +151,29 @@ def test_resume_refuses_other_encoders_and_existing_out(learnable, tmp_path):
 def test_recall_at_1_matches_brute_force():
     g = torch.Generator().manual_seed(0)
     s = torch.randint(0, 4, (9, 9), generator=g).float()  # many ties
-    v2a, a2v = recall_at_1(s)
-    hits_r = [all(s[i, i] > s[i, j] for j in range(9) if j != i) for i in range(9)]
-    hits_c = [all(s[i, i] > s[j, i] for j in range(9) if j != i) for i in range(9)]
+    v2a, a2v = recall_at_1_both_ways(s)
+
+    def first_by_score_then_index(scores_of_query):  # the retrieval stage's tie rule
+        return min(range(9), key=lambda j: (-float(scores_of_query[j]), j))
+
+    hits_r = [first_by_score_then_index(s[i]) == i for i in range(9)]
+    hits_c = [first_by_score_then_index(s[:, i]) == i for i in range(9)]
     assert v2a == pytest.approx(np.mean(hits_r)) and a2v == pytest.approx(np.mean(hits_c))
+
+
+def test_recall_at_1_breaks_ties_by_index_as_retrieval_does():
+    # By hand: video 0 ties its partner (audio 0) with audio 1, which comes later -> rank 1, a hit;
+    # video 1 ties its partner (audio 1) with audio 0, which comes earlier -> rank 2, a miss;
+    # video 2 is a clear hit. The matrix is symmetric, so audio->video is the same: 2/3 both ways.
+    # (The old validation rule, "a tie is a miss", gave 1/3.)
+    s = torch.tensor([[1.0, 1.0, 0.0],
+                      [1.0, 1.0, 0.0],
+                      [0.0, 0.0, 1.0]])
+    assert recall_at_1_both_ways(s) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    # Not symmetric: video 0 also scores 1.0 with audio 2 (later than its partner: still a hit for video 0),
+    # which puts video 0 ahead of video 2 for audio 2 (earlier index on a tie): audio 2 misses.
+    s[0, 2] = 1.0
+    assert recall_at_1_both_ways(s) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
 
 
 def test_lr_schedule_warmup_then_cosine():

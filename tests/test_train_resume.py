@@ -52,3 +52,46 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     assert sorted(a) == sorted(b) == list(range(1, 13))
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-6, rel=1e-6), step
+
+
+def test_resume_before_the_first_checkpoint_starts_again_from_step_0(tmp_path, monkeypatch, caplog):
+    cache = make_learnable_cache(tmp_path / "c.zarr", {"train": 28}, video_dim=8, audio_dim=8)
+    kw = dict(cache=str(cache), val_clips=4, val_every=4, steps=8, batch_size=8, lr=2e-3, warmup_steps=2,
+              log_every=1, model=TINY, objective=ObjectiveConfig())
+    loop.run(TrainConfig(out=str(tmp_path / "full"), **kw))
+
+    out = tmp_path / "part"
+    real = loop.compute_loss
+    calls = {"n": 0}
+
+    def killed_at_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # before step 4: no last.pt yet
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "compute_loss", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(TrainConfig(out=str(out), **kw))
+    monkeypatch.setattr(loop, "compute_loss", real)
+    assert (out / "config.json").is_file() and not (out / "last.pt").exists()
+
+    # other settings than the folder's config.json: refused, even with nothing to continue
+    with pytest.raises(ValueError, match=r"other settings for \['lr'\]"):
+        loop.run(TrainConfig(out=str(out), resume=True, **{**kw, "lr": 1e-3}))
+    with caplog.at_level("WARNING", logger="scav.train.loop"):
+        summary = loop.run(TrainConfig(out=str(out), resume=True, **kw))
+    assert "holds no last.pt" in caplog.text and "starting it from step 0" in caplog.text
+    assert summary["steps"] == 8
+    assert _losses(out) == pytest.approx(_losses(tmp_path / "full"), abs=1e-6, rel=1e-6)
+    # a --resume into a folder that does not exist yet is a first run (requeue scripts can always pass it)
+    assert loop.run(TrainConfig(out=str(tmp_path / "new"), resume=True, **{**kw, "steps": 2}))["steps"] == 2
+
+
+def test_resume_accepts_a_run_saved_with_the_old_direction_name(tmp_path):
+    cfg = TrainConfig(cache="c.zarr", out=str(tmp_path), objective=ObjectiveConfig(interp="post", resample="audio"))
+    old = cfg.to_dict()
+    old["objective"] = {k: v for k, v in old["objective"].items() if k != "resample"} | {"direction": "a2v"}
+    loop._check_resume_config(old, cfg)  # no error: the old name is read as the new one
+    with pytest.raises(ValueError, match="other settings"):
+        loop._check_resume_config({**old, "objective": {**old["objective"], "direction": "v2a"}}, cfg)

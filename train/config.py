@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from scav.core.device import check_device_name
+
 OBJECTIVES = ("cav", "scav", "cav+scav")
 DISTANCES = ("euclidean", "soft_dtw", "wasserstein")
 INTERPS = ("pre", "post")
@@ -24,6 +26,21 @@ PRECISIONS = ("fp32", "bf16")
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ValueError(msg)
+
+
+def field_defaults(cls) -> dict[str, Any]:
+    """Field name -> default value of a config dataclass (fields with a factory are left out).
+
+    The command line reads its defaults from here, so the dataclass is their one source.
+    """
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def default_interp(kind: str, distance: str) -> str:
+    """'pre' for SCAV with the Euclidean distance (paper's best on VGGSound), else 'post'
+    (soft-DTW / Wasserstein align the sequences themselves; for CAV 'post' means no
+    interpolation at all during training)."""
+    return "pre" if kind != "cav" and distance == "euclidean" else "post"
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,14 @@ class ObjectiveConfig:
             "'euclidean' distance (soft_dtw / wasserstein align sequences themselves: use interp='post')",
         )
 
+    @classmethod
+    def with_default_interp(cls, interp: str | None = None, **kw: Any) -> "ObjectiveConfig":
+        """An ObjectiveConfig whose ``interp``, when None, follows :func:`default_interp`
+        (the one place that default is applied; the CLI builds its objective here)."""
+        kind = kw.get("kind", cls.kind)
+        distance = kw.get("distance", cls.distance)
+        return cls(interp=interp or default_interp(kind, distance), **kw)
+
     @property
     def uses_cav(self) -> bool:
         return self.kind in ("cav", "cav+scav")
@@ -150,10 +175,7 @@ class TrainConfig:
         )
         _check(self.keep_best >= 1, f"keep_best must be >= 1, got {self.keep_best}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        _check(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-            f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}",
-        )
+        check_device_name(self.device)
         self.model.validate()
         self.objective.validate()
 

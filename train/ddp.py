@@ -91,10 +91,20 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(x: float, device: torch.device) -> float:
-    """Mean of a Python float over ranks (for logging)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return x
-    t = torch.tensor([x], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the elementwise max over ranks (no host sync on NCCL); -> ``t``."""
+    if _initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the mean over ranks of a floating tensor; -> ``t``."""
+    if _initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t

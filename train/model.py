@@ -5,8 +5,10 @@ pre-LN Transformer encoder with a T5-style bucketed relative-position bias
 (one table per encoder, shared by its layers), then a final LayerNorm.
 Video: 8 blocks, MLP hidden 2048; audio: 2 blocks, MLP hidden 768 (defaults).
 
-With ``objective.interp == 'pre'`` the interpolated side is resampled on the raw
-features, before its MLP (v2a: each video to its own clip's audio length).
+With ``objective.interp == 'pre'`` the resampled side is resampled on the raw
+features, before its MLP: in training each video (resample='video') to its partner
+audio's length; at retrieval to a length of its own (``forward(pre_lengths=...)``),
+so that a clip's latents never depend on another clip.
 The temperatures (CAV ``logit_scale``, SCAV ``log_lambda``) live here so they
 are saved, averaged and restored with the weights; the losses are applied
 outside the model (``scav.train.objective``).
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scav.sequence.interpolation import interpolate_to_lengths
 from scav.sequence.pooling import masked_mean
 
 from .config import ModelConfig, ObjectiveConfig
@@ -138,8 +141,6 @@ class SCAVModel(nn.Module):
     def _resample(x: torch.Tensor, mask: torch.Tensor, target_lengths: torch.Tensor | None):
         if target_lengths is None:
             return x, mask
-        from scav.sequence.distances import interpolate_to_lengths
-
         return interpolate_to_lengths(x, mask, target_lengths)
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor, target_lengths: torch.Tensor | None = None):
@@ -155,14 +156,20 @@ class SCAVModel(nn.Module):
         audio, audio_mask = self._resample(audio, audio_mask, target_lengths)
         return self.audio(audio, audio_mask), audio_mask
 
-    def forward(self, video, video_mask, audio, audio_mask) -> dict[str, torch.Tensor]:
-        """Paired clips: video (B, T, Dv), audio (B, S, Da) -> latent sequences and embeddings."""
+    def forward(self, video, video_mask, audio, audio_mask, pre_lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Clips: video (B, T, Dv), audio (B, S, Da) -> latent sequences and embeddings.
+
+        With interp='pre' the resampled side (objective.resample) is resampled to
+        ``pre_lengths`` (B,) when given (retrieval: each clip's own length, see
+        ``scav.retrieve.embed.pre_lengths``), else to its partner's valid length (training:
+        the paired clip of the same row).
+        """
         v_target = a_target = None
         if self.objective.interp == "pre":
             if self.objective.resample == "video":
-                v_target = audio_mask.sum(1)
+                v_target = audio_mask.sum(1) if pre_lengths is None else pre_lengths
             else:
-                a_target = video_mask.sum(1)
+                a_target = video_mask.sum(1) if pre_lengths is None else pre_lengths
         video_seq, video_mask = self.encode_video(video, video_mask, v_target)
         audio_seq, audio_mask = self.encode_audio(audio, audio_mask, a_target)
         return {

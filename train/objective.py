@@ -1,8 +1,8 @@
 """Which distance and which losses a model is trained (and evaluated) with.
 
-The maths lives in the pure modules ``distances`` and ``losses``; this module
-only picks from them according to an :class:`ObjectiveConfig`, so training,
-validation and retrieval all call the same functions.
+The maths lives in :mod:`scav.sequence` (distances, losses); this module only
+picks from it according to an :class:`ObjectiveConfig` (:func:`distance_spec`), so
+training, validation and retrieval all call the same functions.
 
 With several processes (DDP) each rank scores its own rows against the
 columns of all ranks (global negatives, labels offset by ``rank * n``):
@@ -13,10 +13,27 @@ one process on the concatenated batch, and so do the DDP-averaged gradients.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
-from scav.sequence import distances, losses
+from scav.sequence import losses
+from scav.sequence.spec import DistanceSpec
+
 from .config import ObjectiveConfig
+
+
+@lru_cache(maxsize=32)
+def distance_spec(obj_cfg: ObjectiveConfig) -> DistanceSpec:
+    """The sequence distance of an objective: the one place a config becomes a DistanceSpec.
+
+    CAV models have no trained distance: they are ranked by the interpolated Euclidean
+    with the video resampled (paper Table I note). The Wasserstein position weight and
+    Sinkhorn tolerance are the DistanceSpec defaults (not part of the objective).
+    """
+    if not obj_cfg.uses_scav:
+        return DistanceSpec("euclidean", resample="video")
+    return DistanceSpec(obj_cfg.distance, resample=obj_cfg.resample, gamma=obj_cfg.gamma, eps=obj_cfg.eps)
 
 
 def sequence_distance(
@@ -28,21 +45,11 @@ def sequence_distance(
 ) -> torch.Tensor:
     """All-pairs sequence distance: video (Bv, T, c) x audio (Ba, S, c) -> (Bv, Ba).
 
-    The objective's distance; v2a interpolates video to the audio length
-    ('x2y'), a2v the reverse.  CAV models have no trained distance: they use the
-    interpolated Euclidean v2a (paper Table I note).  With interp='pre' the
-    paired sequences already have equal lengths (the interpolation is then the
-    identity on the diagonal) and unequal pairs are still interpolated.
+    ``distance_spec(obj_cfg).matrix``. With interp='pre' the paired sequences already have
+    equal lengths (the interpolation is then the identity on the diagonal) and unequal
+    pairs are still interpolated.
     """
-    if not obj_cfg.uses_scav:
-        return distances.interp_euclidean_matrix(video_seq, video_mask, audio_seq, audio_mask, direction="x2y")
-    if obj_cfg.distance == "euclidean":
-        kw = {"direction": "x2y" if obj_cfg.resample == "video" else "y2x"}
-    elif obj_cfg.distance == "soft_dtw":
-        kw = {"gamma": obj_cfg.gamma}
-    else:
-        kw = {"eps": obj_cfg.eps}
-    return distances.distance_matrix(obj_cfg.distance, video_seq, video_mask, audio_seq, audio_mask, **kw)
+    return distance_spec(obj_cfg).matrix(video_seq, video_mask, audio_seq, audio_mask)
 
 
 def _sum_losses(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

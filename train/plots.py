@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scav.core.files import atomic_path
+
 
 def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     """Loss (left) and validation R@1 (right) over steps -> ``out_png``."""
@@ -33,6 +35,7 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
         ax_val.legend(loc="lower right")
     fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
+    with atomic_path(out_png) as tmp:  # the temporary keeps the .png suffix matplotlib reads the format from
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return out_png
