@@ -219,6 +219,12 @@ def check_track_selector(track: TrackSelector) -> TrackSelector:
     return track
 
 
+def parse_track_selector(text: str) -> TrackSelector:
+    """A selector from the command line: digits -> track index, anything else -> language tag."""
+    text = text.strip()
+    return check_track_selector(int(text) if text.isdigit() else text)
+
+
 @dataclass
 class AudioTrack:
     """One audio stream of a clip's container."""

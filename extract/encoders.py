@@ -94,6 +94,18 @@ class AudioEncoder(Protocol):
         ...
 
 
+def _checked(clips, check) -> tuple[list, dict[int, np.ndarray]]:
+    """(outputs with each invalid clip's EncodeError in place, {index: checked array} of the rest)."""
+    out: list[np.ndarray | EncodeError | None] = [None] * len(clips)
+    valid: dict[int, np.ndarray] = {}
+    for i, c in enumerate(clips):
+        try:
+            valid[i] = check(c)
+        except EncodeError as e:
+            out[i] = e
+    return out, valid
+
+
 class _EachAlone:
     """``encode_many`` for encoders that gain nothing from batching clips: each clip alone."""
 
@@ -462,13 +474,7 @@ class ClipVisionEncoder:
 
         if not (self.pack if pack is None else pack):
             return _EachAlone.encode_many(self, clips)
-        out: list[np.ndarray | EncodeError | None] = [None] * len(clips)
-        valid: dict[int, np.ndarray] = {}
-        for i, c in enumerate(clips):
-            try:
-                valid[i] = _check_frames(c)
-            except EncodeError as e:
-                out[i] = e
+        out, valid = _checked(clips, _check_frames)
         order = sorted(valid)
         lengths = [len(valid[i]) for i in order]
         pieces: dict[int, list[np.ndarray]] = {i: [] for i in order}
@@ -659,13 +665,7 @@ class BeatsEncoder:
         """
         from .batching import group_equal_lengths
 
-        out: list[np.ndarray | EncodeError | None] = [None] * len(clips)
-        valid: dict[int, np.ndarray] = {}
-        for i, c in enumerate(clips):
-            try:
-                valid[i] = _check_audio(c)
-            except EncodeError as e:
-                out[i] = e
+        out, valid = _checked(clips, _check_audio)
         order = list(valid)
         for group in group_equal_lengths([len(valid[i]) for i in order], int(clip_batch or self.clip_batch)):
             idx = [order[k] for k in group]

@@ -19,15 +19,29 @@ from typing import Literal, Optional
 
 import typer
 
-from scav.cli_common import VERSION_OPTION, json_option, make_app
+from scav.cli_common import VERSION_OPTION, json_option, make_app, track_selector
 from scav.core.device import DEVICE_HELP
 
-from .config import DEFAULT_K, METHOD_CHOICES, RetrieveConfig, defaults
+from .config import DEFAULT_K, METHOD_CHOICES, PRECISIONS, RetrieveConfig, defaults
 
 app = make_app(help=__doc__.split("\n\n")[0])
 
 D = defaults()
 Method = Literal[METHOD_CHOICES]
+Precision = Literal[PRECISIONS]
+
+
+def _block_size(value: str) -> int | str:
+    """'auto' or an integer >= 1 (typer callback)."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise typer.BadParameter(f"must be 'auto' or an integer >= 1, got {value!r}")
+    return n
 
 
 def render_table(result: dict):
@@ -61,14 +75,16 @@ def main_command(
     cache: Path = typer.Option(Path(D["cache"]), "--cache", help="Feature cache (scav-extract output)."),
     method: Method = typer.Option(D["method"], "--method", help="agg (cosine of means), seq (trained sequence distance), hybrid (agg top-k re-ranked by seq) or all."),
     k: Optional[int] = typer.Option(D["k"], "--k", show_default=False, help=f"hybrid: candidates pre-selected by agg per query [default: {DEFAULT_K}, or the split size if smaller]."),
+    audio_track: str = typer.Option(str(D["audio_track"]), "--audio-track", callback=track_selector, help="Audio track to use: an index (0 = the first/original) or a language tag as stored, e.g. spa; clips without it are left out (with a warning)."),
     dtw_gamma: Optional[float] = typer.Option(D["dtw_gamma"], "--dtw-gamma", show_default=False, help="Soft-DTW models: the gamma of seq/hybrid re-ranking; 0 = hard DTW (exact minimum alignment) [default: the trained gamma]."),
     json_path: Optional[str] = json_option("Also write the results as JSON to this file ('-' = standard output, then no table)."),
     batch_size: int = typer.Option(D["batch_size"], "--batch-size", help="Clips per encoder batch."),
     device: str = typer.Option(D["device"], "--device", help=DEVICE_HELP + "."),
     export: bool = typer.Option(D["export"], "--export", help="Keep latents next to the cache (<cache>.retrieval/<split>-<ckpt hash>/, .npy, memory-mapped) and reuse them later."),
     export_dir: Optional[Path] = typer.Option(D["export_dir"], "--export-dir", help="Folder for --export instead of <cache>.retrieval."),
-    query_block: int = typer.Option(D["query_block"], "--query-block", help="Queries scored together (memory, not results)."),
-    candidate_chunk: int = typer.Option(D["candidate_chunk"], "--candidate-chunk", help="Candidates scored together (memory, not results)."),
+    query_block: str = typer.Option(str(D["query_block"]), "--query-block", callback=_block_size, help="Queries scored together (memory, not results): a number, or auto = sized from the device's free memory."),
+    candidate_chunk: str = typer.Option(str(D["candidate_chunk"]), "--candidate-chunk", callback=_block_size, help="Candidates scored together (memory, not results): a number, or auto."),
+    precision: Precision = typer.Option(D["precision"], "--precision", help="seq's cross term: fp32 (exact) or bf16 (interpolated Euclidean models; faster on a GPU, R@1 within 0.1 point on our tests)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
     version: bool = VERSION_OPTION,
 ) -> None:
@@ -84,9 +100,10 @@ def main_command(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = RetrieveConfig(
         checkpoint=str(checkpoint), split=split, cache=str(cache), method=method, k=k, dtw_gamma=dtw_gamma,
+        audio_track=audio_track,
         json_path=str(json_path) if json_path else None, batch_size=batch_size, device=device,
         export=export, export_dir=str(export_dir) if export_dir else None,
-        query_block=query_block, candidate_chunk=candidate_chunk,
+        query_block=query_block, candidate_chunk=candidate_chunk, precision=precision,
     )
     from rich.console import Console
 

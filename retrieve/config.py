@@ -16,6 +16,7 @@ from scav.core.device import check_device_name
 
 SEARCH_METHODS = ("agg", "seq", "hybrid")
 METHOD_CHOICES = (*SEARCH_METHODS, "all")
+PRECISIONS = ("fp32", "bf16")  # = scav.sequence.euclidean.PRECISIONS (kept light: no torch here)
 DEFAULT_K = 100  # hybrid's agg pre-selection when k is not given (or the split size if smaller)
 
 
@@ -36,13 +37,15 @@ class RetrieveConfig:
     method: str = "all"
     k: int | None = None
     dtw_gamma: float | None = None
+    audio_track: int | str = 0  # index or language tag (scav.core.schema.TrackSelector)
     json_path: str | None = None
     batch_size: int = 64
     device: str = "auto"
     export: bool = False
     export_dir: str | None = None
-    query_block: int = 1024
-    candidate_chunk: int = 1024
+    query_block: int | str = "auto"  # queries scored together; 'auto' = sized from free memory
+    candidate_chunk: int | str = "auto"  # candidates scored together; likewise
+    precision: str = "fp32"  # seq's cross term: fp32 (exact) or bf16 (interpolated Euclidean)
 
     def validate(self) -> None:
         if self.method not in METHOD_CHOICES:
@@ -51,9 +54,19 @@ class RetrieveConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.dtw_gamma is not None and not (math.isfinite(self.dtw_gamma) and self.dtw_gamma >= 0):
             raise ValueError(f"dtw_gamma must be >= 0 (0 = hard DTW), got {self.dtw_gamma}")
-        if self.batch_size < 1 or self.query_block < 1 or self.candidate_chunk < 1:
-            raise ValueError("batch size, query block and candidate chunk must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be >= 1")
+        for name in ("query_block", "candidate_chunk"):
+            v = getattr(self, name)
+            if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be 'auto' or an integer >= 1, got {v!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
+        if isinstance(self.audio_track, bool) or not (
+                (isinstance(self.audio_track, int) and self.audio_track >= 0)
+                or (isinstance(self.audio_track, str) and self.audio_track.strip())):
+            raise ValueError(f"audio_track must be an index >= 0 or a language tag, got {self.audio_track!r}")
 
     @property
     def methods(self) -> tuple[str, ...]:

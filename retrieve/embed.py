@@ -8,7 +8,7 @@ With interp='pre' training resamples each video (resample='video') to its partne
 audio's length. Here a clip's latents must depend on the clip alone (a candidate
 resampled to the length of the query it should match would carry that query's length),
 so the resampled side takes a length of its own: the clip's duration x the other
-modality's step rate (:func:`pre_lengths`).
+modality's step rate (:func:`scav.train.objective.pre_lengths`).
 
 Export layout (``save`` / :func:`load_export`), one folder per (split, checkpoint)::
 
@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from scav.core.files import atomic_path, remove_stale_tmp, sha256_file
-from scav.core.schema import CacheError, CacheMeta, ClipInfo
+from scav.core.schema import CacheError, CacheMeta, ClipInfo, TrackSelector
 
 from scav.sequence.pooling import masked_mean
+from scav.train.objective import pre_lengths
 
 from .search import Latents
 
@@ -60,53 +61,25 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     return sha256_file(path)[:12]
 
 
-def usable_clips(clips: list[ClipInfo]) -> tuple[list[ClipInfo], list[ClipInfo]]:
-    """(clips with both video and audio steps, the others): a clip without one side
-    has no sequence to compare and is left out (with a warning by the caller)."""
-    ok = [c for c in clips if c.n_video > 0 and c.n_audio > 0]
-    bad = [c for c in clips if not (c.n_video > 0 and c.n_audio > 0)]
+def usable_clips(clips: list[ClipInfo], track: TrackSelector = 0) -> tuple[list[ClipInfo], list[ClipInfo]]:
+    """(clips with video steps and steps in the selected audio track, the others): a clip
+    without one side has no sequence to compare and is left out (with a warning by the caller)."""
+
+    def usable(c: ClipInfo) -> bool:
+        j = c.find_track(track)
+        return c.n_video > 0 and j is not None and c.tracks[j].n_steps > 0
+
+    ok = [c for c in clips if usable(c)]
+    bad = [c for c in clips if not usable(c)]
     return ok, bad
 
 
-def _own_duration(clip: ClipInfo) -> float:
-    """Seconds of the clip's range; for caches that record none, its frames over its fps."""
-    if clip.duration > 0:
-        return clip.duration
-    if clip.fps > 0 and clip.n_video > 0:
-        return clip.n_video / clip.fps
-    raise CacheError(f"clip {clip.clip_id} records neither a duration nor a frame rate")
-
-
-def pre_lengths(clips: list[ClipInfo], objective, meta: CacheMeta) -> np.ndarray | None:
-    """(N,) int64 length each clip's resampled side is encoded at with interp='pre'; None
-    for interp='post'.
-
-    resample='video': round(duration x the audio encoder's steps per second) (6.25 for
-    BEATs), at least 1; resample='audio': round(duration x the video rate: the encoder's
-    steps per second, or the clip's own fps for per-frame encoders). Nothing of another
-    clip, nor of the clip's other modality's step count, enters.
-    """
-    if objective.interp != "pre":
-        return None
-    out = np.empty(len(clips), dtype=np.int64)
-    for i, c in enumerate(clips):
-        if objective.resample == "video":
-            rate = meta.audio.steps_per_second
-            if not rate:
-                raise CacheError(f"the audio encoder {meta.audio.name} records no steps_per_second")
-        else:
-            rate = meta.video.steps_per_second or c.fps
-            if not rate:
-                raise CacheError(f"clip {c.clip_id} records no fps and the video encoder no step rate")
-        out[i] = max(1, int(round(_own_duration(c) * rate)))
-    return out
-
-
-def latent_lengths(clips: list[ClipInfo], objective, pre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Latent steps per clip (video, audio): the stored steps, except the side that
-    interp='pre' resamples, which has ``pre`` (from :func:`pre_lengths`)."""
+def latent_lengths(clips: list[ClipInfo], objective, pre: np.ndarray | None,
+                   track: TrackSelector = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Latent steps per clip (video, audio of the selected track): the stored steps, except the
+    side that interp='pre' resamples, which has ``pre`` (from :func:`scav.train.objective.pre_lengths`)."""
     nv = np.array([c.n_video for c in clips], dtype=np.int64)
-    na = np.array([c.n_audio for c in clips], dtype=np.int64)
+    na = np.array([c.n_audio_steps(track) for c in clips], dtype=np.int64)
     if pre is not None:
         if objective.resample == "video":
             nv = pre.copy()
@@ -138,19 +111,21 @@ def embed_split(
     device: str | torch.device = "cpu",
     folder: Path | None = None,
     progress=None,
+    track: TrackSelector = 0,
 ) -> SplitLatents:
     """Encode ``clips`` (a split's usable clips, cache order) with ``model`` (eval mode).
 
-    meta: the cache's metadata (step rates for 'pre' lengths, see :func:`pre_lengths`).
+    meta: the cache's metadata (step rates for 'pre' lengths, see :func:`scav.train.objective.pre_lengths`).
 
     folder: write ``.npy`` files there (memory-mapped) instead of RAM arrays.
+    track: the audio track to encode (index or language tag, see ``scav.core.schema``).
     progress: optional callable(n_clips_done) for a progress bar.
     """
     from scav.core.loader import iter_eval_batches
 
     ids = [c.clip_id for c in clips]
     pre = pre_lengths(clips, model.objective, meta)
-    nv, na = latent_lengths(clips, model.objective, pre)
+    nv, na = latent_lengths(clips, model.objective, pre, track)
     voff, aoff = _offsets(nv), _offsets(na)
     c = int(model.cfg.c)
     need = 4 * c * (int(voff[-1]) + int(aoff[-1]) + 2 * len(ids))
@@ -163,7 +138,7 @@ def embed_split(
     model.eval()
     dev = torch.device(device)
     done = 0
-    for batch in iter_eval_batches(str(cache_path), split=split, clip_ids=ids, batch_size=batch_size):
+    for batch in iter_eval_batches(str(cache_path), split=split, clip_ids=ids, batch_size=batch_size, track=track):
         if batch.clip_ids != ids[done : done + len(batch)]:
             raise CacheError(f"cache order changed while reading {split}: expected {ids[done]}, got {batch.clip_ids[0]}")
         b = batch.to(dev)
@@ -194,8 +169,9 @@ def embed_split(
     return SplitLatents(ids, video, audio, folder)
 
 
-def export_folder(root: Path, split: str, ckpt_hash: str) -> Path:
-    return root / f"{split}-{ckpt_hash}"
+def export_folder(root: Path, split: str, ckpt_hash: str, track: TrackSelector = 0) -> Path:
+    """``<root>/<split>-<ckpt hash>`` for the first audio track, ``...-track-<sel>`` for another."""
+    return root / (f"{split}-{ckpt_hash}" + ("" if track == 0 else f"-track-{track}"))
 
 
 def load_export(folder: Path, clip_ids: list[str]) -> SplitLatents | None:

@@ -82,27 +82,27 @@ def _hybrid_k(cfg: RetrieveConfig, n: int) -> int:
 
 def encode(cfg: RetrieveConfig, cache: FeatureCache, progress=None) -> Encoded:
     """The split's usable clips encoded with the checkpoint (RAM, or an export reused/written)."""
-    clips, skipped = embed.usable_clips(cache.require_split(cfg.split))
+    clips, skipped = embed.usable_clips(cache.require_split(cfg.split), cfg.audio_track)
     if skipped:
-        log.warning("%d clips of %s lack video or audio steps and are left out, e.g. %s",
-                    len(skipped), cfg.split, skipped[0].clip_id)
+        log.warning("%d clips of %s lack video steps or audio track %r and are left out, e.g. %s",
+                    len(skipped), cfg.split, cfg.audio_track, skipped[0].clip_id)
     if not clips:
-        raise CacheError(f"split {cfg.split!r} has no clip with both video and audio steps")
+        raise CacheError(f"split {cfg.split!r} has no clip with both video steps and audio track {cfg.audio_track!r}")
     _hybrid_k(cfg, len(clips))  # a bad k fails before the (long) encoding
     device = resolve_device(cfg.device)
     model, train_cfg, meta, spec = load_trained(cfg.checkpoint, cache.meta, device, cfg.dtw_gamma)
 
     t0 = time.perf_counter()
-    kw = dict(batch_size=cfg.batch_size, device=device, progress=progress)
+    kw = dict(batch_size=cfg.batch_size, device=device, progress=progress, track=cfg.audio_track)
     if cfg.export:
-        folder = embed.export_folder(cfg.export_root, cfg.split, embed.checkpoint_hash(cfg.checkpoint))
+        folder = embed.export_folder(cfg.export_root, cfg.split, embed.checkpoint_hash(cfg.checkpoint), cfg.audio_track)
         lat = embed.load_export(folder, [c.clip_id for c in clips]) if folder.exists() else None
         if lat is None:
             export_meta = {
                 "checkpoint": str(cfg.checkpoint), "step": meta["step"], "split": cfg.split,
                 "cache": str(cfg.cache), "cache_fingerprint": cache.meta.fingerprint(),
                 "encoders": {m: e.to_dict() for m, e in meta["encoders"].items()},
-                "objective": train_cfg.to_dict()["objective"], "clips": len(clips),
+                "objective": train_cfg.to_dict()["objective"], "clips": len(clips), "audio_track": cfg.audio_track,
             }
             lat = embed.embed_and_export(model, cfg.cache, cache.meta, cfg.split, clips, folder, export_meta, **kw)
         else:
@@ -115,7 +115,8 @@ def encode(cfg: RetrieveConfig, cache: FeatureCache, progress=None) -> Encoded:
 def search_split(cfg: RetrieveConfig, enc: Encoded) -> dict[str, search.DirectionResult]:
     """Ranks of every requested method in both directions ({direction: DirectionResult})."""
     k = _hybrid_k(cfg, len(enc.latents.video))
-    scfg = search.SearchConfig(query_block=cfg.query_block, candidate_chunk=cfg.candidate_chunk, device=str(enc.device))
+    scfg = search.SearchConfig(query_block=cfg.query_block, candidate_chunk=cfg.candidate_chunk,
+                               device=str(enc.device), precision=cfg.precision)
     return search.retrieve(enc.latents.video, enc.latents.audio, cfg.methods, k, enc.distance, scfg)
 
 

@@ -31,6 +31,7 @@ are scored first, their positives' scores read off, then all chunks are counted.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 
 from scav.sequence.metrics import count_ahead
 from scav.sequence.pooling import masked_mean
+from scav.sequence.euclidean import PRECISIONS
 from scav.sequence.spec import DistanceSpec
 
 log = logging.getLogger(__name__)
@@ -255,21 +257,143 @@ class RunningTopK:
 # ----------------------------------------------------------------------------- the three methods
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """Block sizes and device of a search (results do not depend on the block sizes)."""
+    """Block sizes, precision and device of a search (results do not depend on the block sizes).
 
-    query_block: int = 1024
-    candidate_chunk: int = 1024
+    query_block / candidate_chunk: a number, or 'auto' = sized per search from the device's
+    free memory (:func:`plan_blocks`, :func:`free_memory_bytes`). precision: of seq's cross
+    term, 'fp32' (exact, as always) or 'bf16' (interpolated Euclidean only; hybrid's
+    re-ranking stays fp32).
+    """
+
+    query_block: int | str = AUTO
+    candidate_chunk: int | str = AUTO
     rerank_budget_mb: int = 256  # gathered candidates held at once while re-ranking
     rerank: str = "auto"  # 'auto' | 'sampled' | 'union' | 'gather' (see hybrid_rerank)
     device: str = "cpu"
+    precision: str = "fp32"
 
     def validate(self) -> None:
-        if self.query_block < 1 or self.candidate_chunk < 1 or self.rerank_budget_mb < 1:
-            raise ValueError("query_block, candidate_chunk and rerank_budget_mb must be >= 1")
+        for name in ("query_block", "candidate_chunk"):
+            v = getattr(self, name)
+            if v != AUTO and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be 'auto' or an integer >= 1, got {v!r}")
+        if self.rerank_budget_mb < 1:
+            raise ValueError("rerank_budget_mb must be >= 1")
         if self.rerank not in RERANK_MODES:
             raise ValueError(f"rerank must be one of {RERANK_MODES}, got {self.rerank!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def blocks(self, n_queries: int, n_candidates: int, query_row: int, candidate_row: int,
+               cell: int, host_row: int = 0) -> tuple[int, int]:
+        """(query_block, candidate_chunk) for one search: explicit numbers as given, 'auto'
+        from the free memory of ``self.device`` (row/cell bytes: see :func:`plan_blocks`;
+        host_row: bytes of one candidate's host copy, bounding a GPU's chunk by host RAM)."""
+        qb, cb = self.query_block, self.candidate_chunk
+        if qb != AUTO and cb != AUTO:
+            return int(qb), int(cb)
+        dev = torch.device(self.device)
+        auto_q, auto_c = plan_blocks(
+            free_memory_bytes(dev), n_queries, n_candidates, query_row, candidate_row, cell,
+            fraction=_FRACTION[dev.type == "cuda"], max_block=_MAX_BLOCK[dev.type == "cuda"],
+            fixed_query_block=None if qb == AUTO else int(qb),
+            fixed_candidate_chunk=None if cb == AUTO else int(cb),
+        )
+        if dev.type == "cuda" and cb == AUTO and host_row:
+            # the candidate chunk is also copied out of the store in host RAM first
+            host_cap = int(_FRACTION[False] * free_memory_bytes(torch.device("cpu"))) // host_row
+            auto_c = max(1, min(auto_c, host_cap))
+        log.info("blocks on %s: %d queries x %d candidates", dev, auto_q, auto_c)
+        return auto_q, auto_c
+
+
+# ----------------------------------------------------------------------------- block sizing
+
+# share of the free memory a search may take: the CPU's also holds the latents (memmap pages),
+# the caller's arrays and other processes; a GPU's is ours but the allocator fragments
+_FRACTION = {False: 0.25, True: 0.5}
+# largest block side: on a CPU larger blocks gain nothing once the matmul is big (1024 was
+# measured at 80-87 % of the matmul rate) and the rank counting passes fall out of cache;
+# a GPU needs big blocks to fill it (1024 x 1024 blocks ran at 2 % of an H200's rate)
+_MAX_BLOCK = {False: 4096, True: 1 << 17}
+_MIB = 1 << 20
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Bytes free on ``device`` now: CUDA ``mem_get_info``; CPU ``MemAvailable`` of
+    /proc/meminfo (free + reclaimable cache), else free pages from ``os.sysconf``."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30  # unknown: assume 1 GiB
+
+
+def seq_row_bytes(steps: int, other_steps: int, dim: int, elem_bytes: int = 4) -> int:
+    """Device bytes one clip of a block takes in seq scoring: its padded (steps, dim) copy
+    plus up to 4 interpolation temporaries at the longer length (gather x0, x1, the lerp)."""
+    return (steps + 4 * max(steps, other_steps)) * dim * elem_bytes
+
+
+# bytes per (query, candidate) score cell: the distance, its clamp / scale / permutation /
+# negation (4 B each) and count_ahead's comparisons (bool and int64 temporaries)
+SEQ_CELL_BYTES = 40
+AGG_CELL_BYTES = 40  # float64 product, its float32 copy, count_ahead / top-k temporaries
+
+
+def plan_blocks(
+    free_bytes: int,
+    n_queries: int,
+    n_candidates: int,
+    query_row: int,
+    candidate_row: int,
+    cell: int,
+    fraction: float = 0.25,
+    max_block: int = 4096,
+    fixed_query_block: int | None = None,
+    fixed_candidate_chunk: int | None = None,
+) -> tuple[int, int]:
+    """(query_block, candidate_chunk) whose working set fits ``fraction * free_bytes``.
+
+    Pure. The working set of a (qb, cb) block is
+    ``qb * query_row + cb * candidate_row + qb * cb * cell`` plus the score blocks
+    :func:`_stream_ranks` holds while it reads the positives off
+    (``4 * qb * (qb + 2 cb)`` bytes). Query blocks come first: every query block reads all
+    candidates once more (host copies, transfers), so the largest query block (at most
+    ``max_block`` and Q) is taken whose best candidate chunk is at least as large as it
+    (or all N); then the largest candidate chunk that fits. At least (1, 1), even when
+    nothing fits (the floor of what a search can do). Either side may be fixed.
+    """
+    budget = max(0.0, fraction * free_bytes)
+    top_q = fixed_query_block or max(1, min(n_queries, max_block))
+    top_c = fixed_candidate_chunk or max(1, min(n_candidates, max_block))
+
+    def best_chunk(qb: int) -> int:
+        # largest cb with qb*qrow + 4*qb^2 + cb*(crow + qb*(cell + 8)) <= budget
+        rest = budget - qb * query_row - 4.0 * qb * qb
+        per = candidate_row + qb * (cell + 8.0)
+        return int(max(0.0, rest) // per)
+
+    qb = top_q
+    if fixed_query_block is None:
+        while qb > 1 and best_chunk(qb) < min(qb, top_c):
+            qb = max(1, qb // 2)
+    cb = fixed_candidate_chunk or max(1, min(top_c, best_chunk(qb)))
+    return qb, cb
 
 
 def _sides(video: Latents, audio: Latents, direction: str) -> tuple[Latents, Latents]:
@@ -305,18 +429,31 @@ def agg_search(
         c = F.normalize(candidates.embeddings(ca, cb).to(dev, torch.float64), dim=-1)
         return (q_emb(qa, qb) @ c.T).float()
 
-    ranks = _stream_ranks(
-        len(queries), len(candidates), cfg.query_block, cfg.candidate_chunk, score,
-        topk.update if topk else None,
-    )
+    qb, cb = cfg.blocks(len(queries), len(candidates), 16 * queries.dim, 16 * candidates.dim, AGG_CELL_BYTES)
+    ranks = _stream_ranks(len(queries), len(candidates), qb, cb, score, topk.update if topk else None)
     return ranks, (topk.index if topk else None)
+
+
+def seq_blocks(queries: Latents, candidates: Latents, cfg: SearchConfig) -> tuple[int, int]:
+    """(query_block, candidate_chunk) of seq / hybrid's dense re-ranking over these latents."""
+    lq, lc = int(queries.lengths.max()), int(candidates.lengths.max())
+    return cfg.blocks(
+        len(queries), len(candidates), seq_row_bytes(lq, lc, queries.dim), seq_row_bytes(lc, lq, candidates.dim),
+        SEQ_CELL_BYTES, host_row=lc * candidates.dim * 4,
+    )
 
 
 def seq_search(
     queries: Latents, candidates: Latents, direction: str, distance: DistanceSpec, cfg: SearchConfig
 ) -> torch.Tensor:
-    """Exact sequence-distance ranks over all candidates; (Q,) int64."""
+    """Exact sequence-distance ranks over all candidates; (Q,) int64.
+
+    The valid lengths go to the distance from the host (the stores hold them), so the
+    interpolated Euclidean makes no device->host sync per block.
+    """
     dev = torch.device(cfg.device)
+    if cfg.precision != "fp32" and distance.name != "euclidean":
+        raise ValueError(f"precision {cfg.precision!r} is for the interpolated Euclidean, not {distance.name}")
     held: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def q_seq(qa, qb):
@@ -330,14 +467,16 @@ def seq_search(
         q, qm = q_seq(qa, qb)
         c, cm = candidates.range(ca, cb)
         c, cm = c.to(dev), cm.to(dev)
+        q_len, c_len = queries.lengths[qa:qb], candidates.lengths[ca:cb]
         with torch.no_grad():
             if direction == "v2a":  # queries are videos: rows already video
-                d = distance.matrix(q, qm, c, cm)
+                d = distance.matrix(q, qm, c, cm, video_lengths=q_len, audio_lengths=c_len, precision=cfg.precision)
             else:
-                d = distance.matrix(c, cm, q, qm).T
+                d = distance.matrix(c, cm, q, qm, video_lengths=c_len, audio_lengths=q_len, precision=cfg.precision).T
         return -d  # higher = better
 
-    return _stream_ranks(len(queries), len(candidates), cfg.query_block, cfg.candidate_chunk, score)
+    qb, cb = seq_blocks(queries, candidates, cfg)
+    return _stream_ranks(len(queries), len(candidates), qb, cb, score)
 
 
 # a dot product of the sampled path costs about as much as this many dot products inside a
@@ -378,7 +517,8 @@ def hybrid_rerank(
     ranks = agg_ranks.clone()
     row_bytes = max(int(candidates.lengths.max()), int(queries.lengths.max())) * candidates.dim * 4
     gather_sub = max(1, (cfg.rerank_budget_mb << 20) // max(1, row_bytes * k * 3))
-    for qa, qb in _chunks(n_q, cfg.query_block):
+    q_block, c_chunk = seq_blocks(queries, candidates, cfg)
+    for qa, qb in _chunks(n_q, q_block):
         idx = agg_topk[qa:qb]  # (n, k)
         union = torch.unique(idx)  # sorted
         mode = cfg.rerank
@@ -391,7 +531,7 @@ def hybrid_rerank(
                 for sa in range(qa, qb, gather_sub)
             ])
         else:
-            d = _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode)
+            d = _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode, c_chunk)
         s = -d.cpu()
         positives = torch.arange(qa, qb)
         hit = idx == positives[:, None]  # (n, k)
@@ -414,21 +554,23 @@ def _rerank_gather(queries, candidates, direction, distance, qa, qb, agg_topk, c
         return distance.rerank(q.to(dev), qm.to(dev), c.to(dev), cm.to(dev), query_is_video=direction == "v2a")
 
 
-def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode) -> torch.Tensor:
+def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode, chunk) -> torch.Tensor:
     """(n, k) distances, streamed over the sorted union of the block's candidates in
-    chunks of ``cfg.candidate_chunk``: dense blocks (mode 'union') or sampled pairs."""
+    chunks of ``chunk``: dense blocks (mode 'union') or sampled pairs."""
     dev = torch.device(cfg.device)
     q, qm = queries.range(qa, qb)
     q, qm = q.to(dev), qm.to(dev)
     where = torch.searchsorted(union, idx)  # (n, k) position of each candidate in the union
     out = torch.empty(idx.shape, dtype=torch.float32)
-    for ua, ub in _chunks(len(union), cfg.candidate_chunk):
+    for ua, ub in _chunks(len(union), chunk):
         lo, hi = int(union[ua]), int(union[ub - 1]) + 1
         if hi - lo <= 2 * (ub - ua):  # dense enough: read the whole span in place, no gather
             c, cm = candidates.range(lo, hi)
+            c_len = candidates.lengths[lo:hi]
             local_of = union[ua:ub] - lo
         else:
             c, cm = candidates.take(union[ua:ub].numpy())
+            c_len = candidates.lengths[union[ua:ub].numpy()]
             local_of = torch.arange(ub - ua)
         c, cm = c.to(dev), cm.to(dev)
         sel = (where >= ua) & (where < ub)
@@ -438,7 +580,9 @@ def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, un
             if mode == "sampled":
                 d = distance.sampled(q, qm, c, cm, rows.to(dev), local.to(dev), query_is_video=direction == "v2a")
             else:
-                block = distance.matrix(q, qm, c, cm) if direction == "v2a" else distance.matrix(c, cm, q, qm).T
+                q_len = queries.lengths[qa:qb]
+                block = (distance.matrix(q, qm, c, cm, video_lengths=q_len, audio_lengths=c_len) if direction == "v2a"
+                         else distance.matrix(c, cm, q, qm, video_lengths=c_len, audio_lengths=q_len).T)
                 d = block[rows.to(dev), local.to(dev)]
         out[rows, cols] = d.float().cpu()
     return out

@@ -30,6 +30,16 @@ VERSION_OPTION = typer.Option(
     False, "--version", callback=_print_version, is_eager=True, help="Print the SCAV version and exit."
 )
 
+def track_selector(text: str):
+    """typer callback: '1' -> 1 (track index), 'spa' -> 'spa' (language tag); bad -> a usage error."""
+    from scav.core.schema import CacheError, parse_track_selector
+
+    try:
+        return parse_track_selector(text)
+    except CacheError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 JSON_HELP = "Write the result as JSON to this file ('-' = standard output)."
 
 

@@ -16,28 +16,122 @@ import warnings
 import torch
 
 from .blockwise import valid_lengths
-from .interpolation import interpolate_to_length, interpolate_to_lengths, resampled_or_cut
+from .interpolation import interpolate_to_length, interpolate_to_lengths, interpolate_trusted, resampled_or_cut
+
+
+PRECISIONS = ("fp32", "bf16")  # of the cross term of the all-pairs form (retrieval's seq)
+
+
+def _sq_dist_flat(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Squared L2 between all rows: p (B1, D), q (B2, D) -> (B1, B2), clamped at 0.
+
+    fp32: ``|p|^2 + |q|^2 - 2 p.q`` in the inputs' dtype (the formula used since the start:
+    results stay bit-identical). bf16: both sides rounded to bfloat16 once; the norms are
+    those of the rounded rows and the cross term accumulates and is returned in float32, so
+    the result is the distance between the rounded sequences (never the bf16-rounded
+    distance, whose cancellation would swamp the differences that rank candidates).
+    """
+    if precision == "fp32":
+        d = (p * p).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (p @ q.T)
+        return d.clamp_min(0.0)  # clamp: rounding can give tiny negatives
+    if precision != "bf16":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    pb, qb = p.to(torch.bfloat16), q.to(torch.bfloat16)
+    pf, qf = pb.float(), qb.float()
+    d = (pf * pf).sum(1)[:, None] + (qf * qf).sum(1)[None, :] - 2.0 * _bf16_mm_fp32(pb, qb, pf, qf)
+    return d.clamp_min(0.0).to(p.dtype)
+
+
+def _bf16_mm_fp32(pb, qb, pf, qf) -> torch.Tensor:
+    """pb @ qb.T with bf16 inputs and float32 accumulation and output: (B1, B2) float32.
+
+    CUDA has the kernel (``torch.mm(..., out_dtype=float32)``: tensor cores, fp32 accumulate).
+    Elsewhere (CPU: ``mm.dtype`` has no CPU kernel) the float32 product of the rounded
+    values pf, qf is the same arithmetic (bf16 x bf16 products are exact in fp32), so CPU
+    runs measure the accuracy of the GPU path, not its speed.
+    """
+    if pb.is_cuda:
+        try:
+            return torch.mm(pb, qb.T, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # an older torch without out_dtype
+            pass
+    return pf @ qf.T
+
+
+def _host_lengths(lengths) -> torch.Tensor | None:
+    """Valid lengths the caller already holds on the host (list / ndarray / CPU tensor) as a
+    CPU long tensor, or None. Trusted to match the mask: checking would cost the sync they save."""
+    if lengths is None:
+        return None
+    t = torch.as_tensor(lengths, dtype=torch.long)
+    if t.device.type != "cpu":
+        raise ValueError("host lengths must be on the CPU (a device tensor would need a sync)")
+    return t
+
+
+def length_groups(mask: torch.Tensor, lengths=None) -> list[tuple[int, torch.Tensor | None]]:
+    """Sequences grouped by valid length, ascending: [(L, idx (G,) long on mask's device)].
+
+    mask (B, N). idx lists the group's rows in ascending order (None: the group is all B
+    rows, in order). With ``lengths`` on the host (see :func:`_host_lengths`) there is no
+    device->host sync at all: the group sizes come from the host, the rows from a stable
+    sort kept on the device. Without them, one sync (the distinct lengths and counts).
+    """
+    host = _host_lengths(lengths)
+    if host is None:
+        dev_len = valid_lengths(mask)
+        uniq, counts = torch.unique(dev_len, return_counts=True)  # sorted
+        uniq, counts = torch.stack([uniq, counts]).tolist()  # the one sync
+    else:
+        if host.shape != (mask.shape[0],):
+            raise ValueError(f"lengths must be ({mask.shape[0]},), got {tuple(host.shape)}")
+        dev_len = mask.sum(1)
+        uniq, counts = (v.tolist() for v in torch.unique(host, return_counts=True))
+    if len(uniq) == 1:
+        return [(int(uniq[0]), None)]
+    # stable: each group's rows stay ascending, as (dev_len == L).nonzero() lists them
+    order = torch.argsort(dev_len, stable=True)
+    groups, start = [], 0
+    for length, count in zip(uniq, counts):
+        groups.append((int(length), order[start : start + count]))
+        start += count
+    return groups
 
 
 def _interp_euclidean_x2y(
-    x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor
+    x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor,
+    x_lengths=None, y_lengths=None, precision: str = "fp32",
 ) -> torch.Tensor:
-    y_len = valid_lengths(y_mask)
     b2 = y.shape[0]
     cols, order = [], []
     # Group the targets by valid length: x is interpolated once per distinct length L and
     # the group's distances come from one matmul over the flattened (L * C) axis.
-    for length in torch.unique(y_len).tolist():
-        idx = (y_len == length).nonzero(as_tuple=True)[0]
-        p = interpolate_to_length(x, x_mask, length).flatten(1)  # (B1, L*C)
-        q = y[idx, :length].flatten(1)  # (G, L*C)
-        d = (p * p).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (p @ q.T)
-        cols.append(d.clamp_min(0.0) / length)  # clamp: rounding can give tiny negatives
+    for length, idx in length_groups(y_mask, y_lengths):
+        p = _resample(x, x_mask, length, x_lengths).flatten(1)  # (B1, L*C)
+        q = (y[:, :length] if idx is None else y[idx, :length]).flatten(1)  # (G, L*C)
+        cols.append(_sq_dist_flat(p, q, precision) / length)
         order.append(idx)
+    if order[0] is None:  # one group: columns already in order
+        return cols[0]
     d = torch.cat(cols, dim=1)
     inverse = torch.empty(b2, dtype=torch.long, device=y.device)
     inverse[torch.cat(order)] = torch.arange(b2, device=y.device)
     return d[:, inverse]
+
+
+def _resample(x: torch.Tensor, x_mask: torch.Tensor, length: int, x_lengths=None) -> torch.Tensor:
+    """x's valid parts resampled to ``length`` steps: (B, N, C) -> (B, length, C).
+
+    With host lengths, no sync: the interpolation weights come from the mask's row sums
+    (trusted, see :func:`_host_lengths`), and when every row already has ``length`` valid
+    steps the resampling is the identity (exactly: weight 0 on the next step) and skipped.
+    """
+    host = _host_lengths(x_lengths)
+    if host is None:
+        return interpolate_to_length(x, x_mask, length)
+    if bool((host == length).all()) and x.shape[1] >= length:
+        return x[:, :length]
+    return interpolate_trusted(x, x_mask.sum(1), length)
 
 
 def interp_euclidean_matrix(
@@ -46,6 +140,10 @@ def interp_euclidean_matrix(
     y: torch.Tensor,
     y_mask: torch.Tensor,
     direction: str = "x2y",
+    *,
+    x_lengths=None,
+    y_lengths=None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Interpolated Euclidean distance between all pairs.
 
@@ -56,28 +154,38 @@ def interp_euclidean_matrix(
     In SCAV x = video, y = audio, so 'x2y' = resample='video' (the paper's v->a).
     Never materialises (B1, B2, T, C): one interpolation and one matmul per distinct
     target length.
+    x_lengths / y_lengths: the valid lengths (B1,) / (B2,) when the caller holds them on the
+    host (retrieval does): then no device->host sync at all (without them, one per call to
+    group by length, plus the mask checks). Trusted to match the masks.
+    precision: of the cross term, 'fp32' or 'bf16' (see :func:`_sq_dist_flat`).
     """
     if direction == "x2y":
-        return _interp_euclidean_x2y(x, x_mask, y, y_mask)
+        return _interp_euclidean_x2y(x, x_mask, y, y_mask, x_lengths, y_lengths, precision)
     if direction == "y2x":
-        return _interp_euclidean_x2y(y, y_mask, x, x_mask).T
+        return _interp_euclidean_x2y(y, y_mask, x, x_mask, y_lengths, x_lengths, precision).T
     raise ValueError(f"direction must be 'x2y' or 'y2x', got {direction!r}")
 
 
-def equal_length_euclidean(x, x_mask, y, y_mask) -> torch.Tensor | None:
+def equal_length_euclidean(x, x_mask, y, y_mask, x_lengths=None, y_lengths=None,
+                           precision: str = "fp32") -> torch.Tensor | None:
     """The all-pairs interpolated Euclidean when every sequence of both sides has the same
     valid length L (pre-interpolated models, fixed-length clips), else None.
 
     x (B1, L, C), y (B2, L, C) -> (B1, B2). The interpolation is then the identity in
     either direction (``interpolate_to_lengths`` at equal lengths returns its input
     exactly), so it is skipped; same formula as :func:`interp_euclidean_matrix`.
+    With host lengths (x_lengths (B1,), y_lengths (B2,)) the test needs no device sync.
     """
     length = x.shape[1]
-    if y.shape[1] != length or not bool(x_mask.all()) or not bool(y_mask.all()):
+    if y.shape[1] != length:
         return None
-    p, q = x.flatten(1), y.flatten(1)
-    d = (p * p).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (p @ q.T)
-    return d.clamp_min(0.0) / length
+    hx, hy = _host_lengths(x_lengths), _host_lengths(y_lengths)
+    if hx is not None and hy is not None:
+        if not (bool((hx == length).all()) and bool((hy == length).all())):
+            return None
+    elif not bool(x_mask.all()) or not bool(y_mask.all()):
+        return None
+    return _sq_dist_flat(x.flatten(1), y.flatten(1), precision) / length
 
 
 def paired_euclidean(src, src_mask, tgt, tgt_mask) -> torch.Tensor:

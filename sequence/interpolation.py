@@ -52,6 +52,12 @@ def interpolate_to_lengths(
     if lengths.shape != n.shape or (lengths.numel() and int(lengths.min()) < 1):
         raise ValueError("lengths must be (B,) with every entry >= 1")
     out_len = int(lengths.max()) if lengths.numel() else 0
+    return _lerp(x, n, lengths, out_len)
+
+
+def _lerp(x: torch.Tensor, n: torch.Tensor, lengths: torch.Tensor, out_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The resampling of :func:`interpolate_to_lengths` from checked n (B,) source and
+    lengths (B,) target lengths (both long, on x's device)."""
     i0, i1, w, valid = _interp_weights(n, lengths, out_len)
     c = x.shape[-1]
     x0 = torch.gather(x, 1, i0[:, :, None].expand(-1, -1, c))
@@ -70,6 +76,15 @@ def interpolate_to_length(x: torch.Tensor, x_mask: torch.Tensor, length: int) ->
     """
     lengths = torch.full((x.shape[0],), int(length), dtype=torch.long, device=x.device)
     y, _ = interpolate_to_lengths(x, x_mask, lengths)
+    return y
+
+
+def interpolate_trusted(x: torch.Tensor, n: torch.Tensor, length: int) -> torch.Tensor:
+    """:func:`interpolate_to_length` from source lengths n (B,) long on x's device, without
+    checking them: no device->host sync (callers hold the lengths on the host and built the
+    masks from them). x (B, N, C) -> (B, length, C); identical values."""
+    lengths = torch.full((x.shape[0],), int(length), dtype=torch.long, device=x.device)
+    y, _ = _lerp(x, n.to(torch.long), lengths, int(length))
     return y
 
 

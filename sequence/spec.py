@@ -18,7 +18,7 @@ import torch
 from .blockwise import DEFAULT_CHUNK_CELLS
 from .distances import DISTANCES
 from .dtw import dtw_matrix, soft_dtw_matrix
-from .euclidean import equal_length_euclidean, interp_euclidean_matrix, paired_euclidean, sampled_euclidean
+from .euclidean import PRECISIONS, equal_length_euclidean, interp_euclidean_matrix, paired_euclidean, sampled_euclidean
 from .wasserstein import DEFAULT_MAX_ITER, DEFAULT_TOL, POS_SCALES, wasserstein_matrix
 
 RESAMPLES = ("video", "audio")  # which modality the interpolated Euclidean resamples
@@ -88,17 +88,27 @@ class DistanceSpec:
 
     # ------------------------------------------------------------------ all pairs
 
-    def matrix(self, video, video_mask, audio, audio_mask) -> torch.Tensor:
+    def matrix(self, video, video_mask, audio, audio_mask, *, video_lengths=None, audio_lengths=None,
+               precision: str = "fp32") -> torch.Tensor:
         """All pairs: video (Bv, T, c), masks (Bv, T) / (Ba, S), audio (Ba, S, c) -> (Bv, Ba).
 
         What training's loss and validation use, and retrieval's seq.
+        video_lengths (Bv,) / audio_lengths (Ba,): valid lengths already on the host
+        (list, ndarray or CPU tensor; trusted to match the masks): the interpolated
+        Euclidean then makes no device->host sync. precision: 'fp32' or 'bf16' (the
+        Euclidean's cross term; see :mod:`.euclidean`), fp32 only for the other distances.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if self.name == "euclidean":
-            fast = equal_length_euclidean(video, video_mask, audio, audio_mask)
+            kw = dict(x_lengths=video_lengths, y_lengths=audio_lengths, precision=precision)
+            fast = equal_length_euclidean(video, video_mask, audio, audio_mask, **kw)
             if fast is not None:
                 return fast
             direction = "x2y" if self.resample == "video" else "y2x"
-            return interp_euclidean_matrix(video, video_mask, audio, audio_mask, direction)
+            return interp_euclidean_matrix(video, video_mask, audio, audio_mask, direction, **kw)
+        if precision != "fp32":
+            raise ValueError(f"precision {precision!r} is for the interpolated Euclidean, not {self.name}")
         if self.name == "soft_dtw":
             if self.hard_dtw:
                 return dtw_matrix(video, video_mask, audio, audio_mask, chunk=self.chunk)

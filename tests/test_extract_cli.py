@@ -19,6 +19,8 @@ from scav.core.cache import FeatureCache
 from scav.data_manifests.manifest import ManifestRow, write_manifest
 from scav.data_manifests.media import AudioSpec, write_media
 from scav.extract.cli import main
+
+from extract_cli import cli
 from scav.extract.runner import ExtractConfig, run
 
 PY = sys.executable
@@ -29,14 +31,6 @@ def tiny_clip(path: Path, seconds: float = 1.0, fps: float = 25, seed: int = 0) 
     frames = rng.integers(0, 256, (int(seconds * fps), 24, 32, 3), dtype=np.uint8)
     audio = AudioSpec(rng.uniform(-0.5, 0.5, (1, int(seconds * 16000))).astype(np.float32), 16000)
     return write_media(path, frames, fps=fps, audio=[audio])
-
-
-def cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

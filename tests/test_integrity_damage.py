@@ -15,15 +15,7 @@ from scav.core.cache import FeatureCache
 from scav.core.loader import iter_eval_batches, make_train_loader
 from scav.core.schema import CacheError
 from scav.core.verify import verify_cache
-from scav.extract.cli import main
-
-
-def cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from extract_cli import cli
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,7 @@ from scav.core.cache import FeatureCache
 from scav.core.hdf5 import import_h5
 from scav.core.schema import CacheError
 from scav.data_manifests.manifest import ManifestRow, write_manifest
-from scav.extract.cli import main
-
-
-def cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from extract_cli import cli
 
 
 def _h5(path: Path, clips: dict, video_encoder="my-video", audio_encoder="my-audio") -> Path:

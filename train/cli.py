@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import typer
 
-from scav.cli_common import VERSION_OPTION, make_app
+from scav.cli_common import VERSION_OPTION, make_app, track_selector
 from scav.core.device import DEVICE_HELP
 
 from .config import (
@@ -107,6 +107,7 @@ def train(
     warmup: int = typer.Option(T["warmup_steps"], "--warmup", help="Linear warm-up steps before the cosine decay."),
     weight_decay: float = typer.Option(T["weight_decay"], "--weight-decay", help="AdamW weight decay (matrices only)."),
     split: str = typer.Option(T["split"], "--split", help="Cache split to train on (validation clips are held out of it)."),
+    audio_track: str = typer.Option(str(T["audio_track"]), "--audio-track", callback=track_selector, help="Audio track to train on: an index (0 = the first/original) or a language tag as stored, e.g. spa; every clip must have it."),
     val_clips: int = typer.Option(T["val_clips"], "--val-clips", help="Clips held out of the training split for validation (0: none)."),
     val_every: int = typer.Option(T["val_every"], "--val-every", help="Validate, keep best checkpoints and write last.pt every N steps."),
     keep_best: int = typer.Option(T["keep_best"], "--keep-best", help="Best checkpoints kept and averaged into averaged.pt."),
@@ -137,7 +138,7 @@ def train(
         cfg = build_config(
             cache, out, objective=objective_kw,
             model=dict(c=c, video_layers=video_layers, audio_layers=audio_layers, heads=heads),
-            split=split, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=weight_decay,
+            split=split, audio_track=audio_track, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=weight_decay,
             val_clips=val_clips, val_every=val_every, keep_best=keep_best, log_every=log_every, precision=precision,
             num_workers=workers, random_crop=crop, seed=seed, device=device, resume=resume,
         )

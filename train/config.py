@@ -94,7 +94,7 @@ class ObjectiveConfig:
     lambda_init: float = 1.0  # SCAV temperature init (Table IV ablation 2: 0.07)
     tau_init: float = 0.07  # CAV temperature init
     gamma: float = 0.1  # soft-DTW smoothing
-    eps: float = 0.1  # Sinkhorn entropic regularisation
+    eps: float = 0.1  # Sinkhorn entropic regularisation, relative to each pair's mean step cost
 
     def validate(self) -> None:
         _check(self.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}, got {self.kind!r}")
@@ -132,6 +132,7 @@ class TrainConfig:
     cache: str
     out: str
     split: str = "train"
+    audio_track: int | str = 0  # index or language tag (scav.core.schema.TrackSelector)
     val_clips: int = 550
     val_every: int = 1000
     steps: int = 250_000
@@ -155,6 +156,12 @@ class TrainConfig:
     def validate(self) -> None:
         _check(bool(self.cache), "cache path is empty")
         _check(bool(self.out), "out folder is empty")
+        _check(
+            not isinstance(self.audio_track, bool) and (
+                (isinstance(self.audio_track, int) and self.audio_track >= 0)
+                or (isinstance(self.audio_track, str) and bool(self.audio_track.strip()))),
+            f"audio_track must be an index >= 0 or a language tag, got {self.audio_track!r}",
+        )
         _check(self.val_clips >= 0, f"val_clips must be >= 0, got {self.val_clips}")
         _check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")

@@ -64,7 +64,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .model import SCAVModel
-from .objective import compute_loss, sequence_distance
+from .objective import compute_loss, pre_lengths, sequence_distance
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def batch_stream(cfg: TrainConfig, start: TrainState, clip_ids: list[str], cache
     while True:
         loader = make_train_loader(
             cache if cache is not None else cfg.cache, cfg.split, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-            start_batch=first, clip_ids=clip_ids, num_workers=cfg.num_workers,
+            start_batch=first, clip_ids=clip_ids, num_workers=cfg.num_workers, track=cfg.audio_track,
         )
         it = iter(loader)
         index = first
@@ -243,13 +243,21 @@ def recall_at_1_both_ways(score: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def validate(model: SCAVModel, cfg: TrainConfig, val_ids: list[str], device: torch.device,
              cache=None) -> dict[str, float]:
-    """R@1 both directions with aggregation (cosine of means) and sequence retrieval."""
+    """R@1 both directions with aggregation (cosine of means) and sequence retrieval.
+
+    Clips are encoded as retrieval encodes them: with interp='pre' each clip's resampled
+    side takes a length of its own (``pre_lengths``), not its partner's, so validation
+    selects checkpoints on the representation that retrieval ranks with.
+    """
     model.eval()
+    cache = cache if cache is not None else FeatureCache.open(cfg.cache)
+    info = {c.clip_id: c for c in cache.clips(cfg.split)}
     vs, as_, ve, ae = [], [], [], []
-    for b in iter_eval_batches(cache if cache is not None else cfg.cache, split=cfg.split, clip_ids=val_ids,
-                               batch_size=64):
+    for b in iter_eval_batches(cache, split=cfg.split, clip_ids=val_ids, batch_size=64, track=cfg.audio_track):
+        pre = pre_lengths([info[i] for i in b.clip_ids], cfg.objective, cache.meta)
         b = b.to(device)
-        out = model(b.video, b.video_mask, b.audio, b.audio_mask)
+        own = None if pre is None else torch.from_numpy(pre).to(device)
+        out = model(b.video, b.video_mask, b.audio, b.audio_mask, pre_lengths=own)
         for k in range(len(b)):
             vs.append(out["video_seq"][k, : int(out["video_mask"][k].sum())].float())
             as_.append(out["audio_seq"][k, : int(out["audio_mask"][k].sum())].float())

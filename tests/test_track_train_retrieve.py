@@ -1,0 +1,121 @@
+"""The audio track chosen on the command line reaches training and retrieval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from scav.core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
+from scav.core.schema import AudioTrack, CacheLayout, ClipInfo, EncoderInfo
+from scav.retrieve.cli import app as retrieve_app
+from scav.retrieve.evaluate import RetrieveConfig, run
+from scav.sequence.metrics import ranks_from_scores, summarize_ranks
+from scav.train.checkpoint import load_model, make_payload, save_checkpoint
+from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.train.model import SCAVModel
+from scav.train.objective import sequence_distance
+
+DV, DA = 6, 4
+TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
+
+
+def _record(i: int, split: str) -> ClipRecord:
+    """Track 0 'eng' for every clip; a 'spa' dub (other length, other values) on all but every 5th."""
+    rng = np.random.default_rng(i)
+    t = 4 + i % 3
+    tracks, audio = [AudioTrack(0, "eng", 3 + i % 2)], [rng.standard_normal((3 + i % 2, DA)).astype(np.float16)]
+    if i % 5 != 4:
+        n = 2 + i % 4
+        tracks.append(AudioTrack(1, "spa", n))
+        audio.append((rng.standard_normal((n, DA)) + 3).astype(np.float16))
+    info = ClipInfo(f"{split}-{i:02d}", split, source=f"s{i}", n_video=t, fps=10.0, duration=t / 10.0, tracks=tracks)
+    return ClipRecord(info, rng.standard_normal((t, DV)).astype(np.float16), np.arange(t) / 10.0, audio)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracks")
+    path = tmp / "c.zarr"
+    meta = new_meta(EncoderInfo("pixels", DV, stand_in=True), EncoderInfo("fbank", DA, stand_in=True),
+                    layout=CacheLayout(chunk_rows=4))
+    with CacheWriter.create_or_open(path, meta) as w:
+        w.write_part([_record(i, "test") for i in range(10)] + [_record(i, "train") for i in range(10, 24)])
+    objective = ObjectiveConfig(kind="scav", interp="post", resample="audio")
+    torch.manual_seed(0)
+    model = SCAVModel(TINY, DV, DA, objective)
+    cfg = TrainConfig(cache=str(path), out=str(tmp / "run"), model=TINY, objective=objective)
+    ckpt = save_checkpoint(tmp / "ck.pt", make_payload(model, cfg, FeatureCache.open(path).meta, step=1))
+    return tmp, path, ckpt
+
+
+def independent_ranks(cache_path, ckpt, track):
+    """Each clip with the track encoded alone from FeatureCache.get(track=...), full matrices."""
+    model, cfg, _ = load_model(ckpt)
+    cache = FeatureCache.open(cache_path)
+    vs, as_ = [], []
+    with torch.no_grad():
+        for info in cache.clips("test"):
+            if info.find_track(track) is None:
+                continue
+            f = cache.get(info.clip_id, track=track)
+            v = torch.from_numpy(f.video.astype("float32"))[None]
+            a = torch.from_numpy(f.audio.astype("float32"))[None]
+            out = model(v, torch.ones(v.shape[:2], dtype=torch.bool), a, torch.ones(a.shape[:2], dtype=torch.bool))
+            vs.append(out["video_seq"][0])
+            as_.append(out["audio_seq"][0])
+    pad = torch.nn.utils.rnn.pad_sequence
+    v, a = pad(vs, batch_first=True), pad(as_, batch_first=True)
+    vm = torch.arange(v.shape[1])[None] < torch.tensor([len(x) for x in vs])[:, None]
+    am = torch.arange(a.shape[1])[None] < torch.tensor([len(x) for x in as_])[:, None]
+    cos = F.normalize(torch.stack([x.mean(0) for x in vs]), dim=-1) @ F.normalize(torch.stack([x.mean(0) for x in as_]), dim=-1).T
+    with torch.no_grad():
+        d = sequence_distance(cfg.objective, v, vm, a, am)
+    return len(vs), {"agg": ranks_from_scores(cos.T), "seq": ranks_from_scores(-d.T)}
+
+
+@pytest.mark.parametrize("track", [0, 1, "spa", "eng"])
+def test_retrieval_ranks_the_chosen_track(setup, track):
+    _, path, ckpt = setup
+    res = run(RetrieveConfig(checkpoint=str(ckpt), split="test", cache=str(path), method="all", k=3,
+                             device="cpu", audio_track=track))
+    n, ref = independent_ranks(path, ckpt, track)
+    assert res["num_queries"] == n == (10 if track in (0, "eng") else 8)  # clips 4 and 9 have no dub
+    for m in ("agg", "seq"):
+        assert res["results"][m]["a2v"] == pytest.approx(summarize_ranks(ref[m])), m
+    if track in (1, "spa"):  # the dub really is another signal: different ranks than track 0
+        _, ref0 = independent_ranks(path, ckpt, 0)
+        assert ref0["seq"].shape != ref["seq"].shape or not torch.equal(ref0["seq"], ref["seq"])
+
+
+def test_retrieve_cli_parses_and_checks_the_track(setup):
+    _, path, ckpt = setup
+    base = ["--split", "test", "--cache", str(path), "--checkpoint", str(ckpt), "--method", "agg", "--device", "cpu"]
+    ok = CliRunner().invoke(retrieve_app, base + ["--audio-track", "spa", "--json", "-"])
+    assert ok.exit_code == 0, ok.output
+    assert '"num_queries": 8' in ok.output
+    bad = CliRunner().invoke(retrieve_app, base + ["--audio-track", " "])
+    assert bad.exit_code == 2 and "language tag" in bad.output
+
+
+def test_training_reads_the_chosen_track(setup, monkeypatch):
+    tmp, path, _ = setup
+    from scav.train import loop
+
+    served = []
+    real = loop.make_train_loader
+
+    def recording(*args, **kw):
+        served.append(kw.get("track"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "make_train_loader", recording)
+    train_ids = [c.clip_id for c in FeatureCache.open(path).clips("train") if c.find_track("spa") is not None]
+    cfg = TrainConfig(cache=str(path), out=str(tmp / "run-spa"), audio_track="spa", val_clips=0, steps=2,
+                      batch_size=4, model=TINY, objective=ObjectiveConfig(kind="cav"), device="cpu", log_every=1)
+    with pytest.raises(Exception, match="no audio track 'spa'"):  # two train clips lack the dub: refused, named
+        loop.run(cfg)
+    assert served and set(served) == {"spa"}
+    assert len(train_ids) == 12
