@@ -13,7 +13,11 @@ that already have the target length, as the model's ``pre`` interpolation would)
   eucl_post_a2v      audio interpolated to each video's length inside the distance
   naive_post_v2a     same as eucl_post_v2a, but the broadcast way: (B, B, S, c) materialised
   soft_dtw           soft-DTW, gamma 0.1, video (B, T, c) vs audio (B, S, c)
-  wasserstein        entropic OT, eps 0.1, 50 Sinkhorn iterations, pos_weight 1
+  wasserstein        entropic OT as training runs it: the DistanceSpec defaults (eps 0.1
+                     relative to each pair's mean step cost, pos_weight 1, Sinkhorn to the
+                     marginal tolerance, eps-scaling), not a fixed iteration count
+Every distance is ``DistanceSpec(...).matrix`` with the spec's defaults, the call training
+makes (``scav.train.objective.sequence_distance``), so the bench measures what training runs.
 Video lengths are mixed (T, 0.96 T, 0.8 T: native-fps clips), audio lengths are all S.
 Each SCAV distance is followed by ``scav_loss`` and one backward pass.
 
@@ -68,7 +72,6 @@ class BenchConfig:
     mem_limit_gb: float = 16.0
     max_cells: float = 2e9  # soft-DTW / OT: B^2 * T * S cells
     budget_gb: float | None = None
-    sinkhorn_iters: int = 50
     in_process: bool = False  # --quick: no subprocesses (fast; CPU memory column = RSS growth only)
 
     def __post_init__(self):
@@ -107,8 +110,8 @@ def _worker(spec: dict) -> dict:
 
     import torch
 
-    from scav.sequence.distances import interp_euclidean_matrix, soft_dtw_matrix, wasserstein_matrix
     from scav.sequence.losses import cav_loss, scav_loss
+    from scav.sequence.spec import DistanceSpec
 
     torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])
@@ -132,6 +135,11 @@ def _worker(spec: dict) -> dict:
     audio = (audio * a_mask[..., None]).requires_grad_(True)
     log_scale = torch.tensor(2.66, device=dev, requires_grad=True)
 
+    if name.startswith("eucl"):
+        distance = DistanceSpec("euclidean", resample="audio" if name.endswith("a2v") else "video")
+    elif name in ("soft_dtw", "wasserstein"):
+        distance = DistanceSpec(name)  # training's defaults: gamma 0.1 / eps 0.1, tol, max_iter
+
     def naive_post_v2a(x, xm, y, ym):
         # broadcast reference: interpolate x to S (all audio lengths equal here), then (B, B, S, c)
         from scav.sequence.distances import interpolate_to_length
@@ -145,18 +153,10 @@ def _worker(spec: dict) -> dict:
             ae = (audio * a_mask[..., None]).sum(1) / a_mask.sum(1, keepdim=True)
             loss = cav_loss(ve, ae, log_scale)["cav_loss"]
         else:
-            if name in ("eucl_pre_v2a", "eucl_pre_a2v", "eucl_post_v2a"):
-                d = interp_euclidean_matrix(video, v_mask, audio, a_mask, "x2y")
-            elif name == "eucl_post_a2v":
-                d = interp_euclidean_matrix(video, v_mask, audio, a_mask, "y2x")
-            elif name == "naive_post_v2a":
+            if name == "naive_post_v2a":
                 d = naive_post_v2a(video, v_mask, audio, a_mask)
-            elif name == "soft_dtw":
-                d = soft_dtw_matrix(video, v_mask, audio, a_mask, gamma=0.1)
             else:
-                d = wasserstein_matrix(
-                    video, v_mask, audio, a_mask, eps=0.1, n_iter=spec["sinkhorn_iters"]
-                )
+                d = distance.matrix(video, v_mask, audio, a_mask)
             loss = scav_loss(d, log_scale * 0.0)["scav_loss"]
         loss.backward()
         video.grad = audio.grad = log_scale.grad = None
@@ -217,7 +217,6 @@ def measure(cfg: BenchConfig, device: str, name: str, b: int, budget: float | No
     spec = {
         "name": name, "batch": b, "video_steps": cfg.video_steps, "audio_steps": cfg.audio_steps,
         "dim": cfg.dim, "device": device, "threads": cfg.threads, "repeats": cfg.repeats,
-        "sinkhorn_iters": cfg.sinkhorn_iters,
     }
     if cfg.in_process:
         return {"status": "ok", **_worker(spec)}

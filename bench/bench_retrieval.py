@@ -22,6 +22,7 @@ Also measured in the same run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from scav.sequence.metrics import summarize_ranks
-from scav.retrieve.search import Latents, SearchConfig, agg_search, hybrid_rerank, seq_search
+from scav.retrieve.search import Latents, SearchConfig, agg_search, hybrid_rerank, seq_blocks, seq_search
 from scav.sequence.spec import DistanceSpec
 
 # Paper Table III (seconds for 1K queries among 10K candidates; V100 GPU / their CPU)
@@ -46,6 +47,10 @@ PAPER = {
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _block(value: str) -> int | str:
+    return value if value == "auto" else int(value)
 
 
 def matmul_gflops(device: torch.device, n: int, reps: int) -> float:
@@ -100,8 +105,11 @@ def main() -> None:
     p.add_argument("--ks", default="1000,100,10")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--query-block", type=int, default=1024)
-    p.add_argument("--candidate-chunk", type=int, default=1024)
+    p.add_argument("--query-block", type=_block, default="auto", help="a number or auto (from free memory)")
+    p.add_argument("--candidate-chunk", type=_block, default="auto", help="a number or auto (from free memory)")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="seq precisions timed ('seq' = fp32, 'seq bf16'); on CPU bf16 is emulated "
+                        "(same arithmetic as the GPU kernel, not faster)")
     p.add_argument("--naive-pairs", type=int, default=2000, help="pairs timed in the naive loop")
     p.add_argument("--matmul-n", type=int, default=4096)
     p.add_argument("--noise", type=float, default=4.0)
@@ -135,7 +143,14 @@ def main() -> None:
 
     print(f"{args.queries} queries x {args.candidates} candidates, {args.steps} x {args.dim}, "
           f"device {device}, {args.threads} threads")
+    blocks = seq_blocks(queries, video, cfg)
+    print(f"seq blocks: {blocks[0]} queries x {blocks[1]} candidates ({args.query_block}, {args.candidate_chunk})")
     seq_ranks = timed("seq", lambda: seq_search(queries, video, "a2v", dist, cfg))
+    if "bf16" in args.precisions.split(","):
+        bf16 = dataclasses.replace(cfg, precision="bf16")
+        r16 = timed("seq bf16", lambda: seq_search(queries, video, "a2v", dist, bf16))
+        rows["seq bf16"]["R@1_minus_fp32"] = rows["seq bf16"]["R@1"] - rows["seq"]["R@1"]
+        rows["seq bf16"]["ranks_changed"] = int((r16 != seq_ranks).sum())
     for k in ks:
         if k > args.candidates:
             continue
@@ -166,7 +181,7 @@ def main() -> None:
     if args.json:
         out = {
             "queries": args.queries, "candidates": args.candidates, "steps": args.steps, "dim": args.dim,
-            "device": str(device), "threads": args.threads, "torch": torch.__version__,
+            "device": str(device), "threads": args.threads, "torch": torch.__version__, "seq_blocks": list(blocks),
             "matmul_gflops": gflops, "seq_cross_term_gflop": cross_flops / 1e9, "seq_gflops": seq_gflops,
             "naive_seconds_per_pair": per_pair, "naive_pairs_timed": args.naive_pairs,
             "naive_extrapolated_seconds": naive_full, "methods": rows,

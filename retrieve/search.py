@@ -21,6 +21,11 @@ timing of 1K queries against 10K candidates). Directions:
 Memory is bounded by the block sizes, not by the split: candidates are read chunk by
 chunk from a :class:`Latents` store (RAM or ``np.memmap``), and per query only the rank
 of its positive (and, for hybrid, a running top-k) is kept, never the (Q, N) matrix.
+By default ('auto') the block sizes come from the device's free memory at search time
+(:func:`plan_blocks`): a GPU gets blocks large enough to keep it busy, a CPU cache-sized
+ones; explicit sizes are still accepted. seq passes the clips' valid lengths from the
+store (host) to the distance, so the interpolated Euclidean never waits on the device to
+learn them; ``precision='bf16'`` rounds seq's cross term (see :mod:`scav.sequence.euclidean`).
 
 Ranks follow the tie rule of :mod:`scav.sequence.metrics` (stable by candidate index).
 Each score is computed exactly once, by the same code path, so the positive's own score

@@ -12,7 +12,7 @@ from cache_factory import cache_contents, make_random_cache
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache
 from scav.core.schema import AudioTrack, CacheError, ClipInfo
 from scav.retrieve.embed import embed_split, latent_lengths
-from scav.train.objective import pre_lengths
+from scav.core.clip_lengths import pre_lengths
 from scav.train.config import ModelConfig, ObjectiveConfig
 from scav.train.model import SCAVModel
 

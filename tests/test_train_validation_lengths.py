@@ -10,7 +10,7 @@ from scav.core.cache import FeatureCache
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.loop import validate
 from scav.train.model import SCAVModel
-from scav.train.objective import pre_lengths
+from scav.core.clip_lengths import pre_lengths
 
 from cache_factory import make_random_cache
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from scav.core.cache import FeatureCache
+from scav.core.clip_lengths import pre_lengths
 from scav.core.device import resolve_device
 from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.loader import Batch, iter_eval_batches, make_train_loader
@@ -64,7 +65,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .model import SCAVModel
-from .objective import compute_loss, pre_lengths, sequence_distance
+from .objective import compute_loss, sequence_distance
 
 log = logging.getLogger(__name__)
 

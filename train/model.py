@@ -161,7 +161,7 @@ class SCAVModel(nn.Module):
 
         With interp='pre' the resampled side (objective.resample) is resampled to
         ``pre_lengths`` (B,) when given (retrieval: each clip's own length, see
-        ``scav.train.objective.pre_lengths``), else to its partner's valid length (training:
+        ``scav.core.clip_lengths.pre_lengths``), else to its partner's valid length (training:
         the paired clip of the same row).
         """
         v_target = a_target = None

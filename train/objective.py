@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import torch
 
-from scav.core.schema import CacheError, CacheMeta, ClipInfo
 from scav.sequence import losses
 from scav.sequence.spec import DistanceSpec
 
@@ -104,39 +102,3 @@ def _compute_loss_global(model_out: dict, model, obj_cfg: ObjectiveConfig, dist)
         d_cols = sequence_distance(obj_cfg, vs_all, vm_all, as_, am)  # (N, n): all videos vs my audio
         parts.update(losses.scav_loss(d_rows, log_lambda, obj_cfg.normalize, dist_a2v=d_cols, offset=offset))
     return _sum_losses(parts)
-
-
-# -- the length a clip's resampled side is encoded at, from the clip alone (validation, retrieval)
-
-def _own_duration(clip: ClipInfo) -> float:
-    """Seconds of the clip's range; for caches that record none, its frames over its fps."""
-    if clip.duration > 0:
-        return clip.duration
-    if clip.fps > 0 and clip.n_video > 0:
-        return clip.n_video / clip.fps
-    raise CacheError(f"clip {clip.clip_id} records neither a duration nor a frame rate")
-
-
-def pre_lengths(clips: list[ClipInfo], objective, meta: CacheMeta) -> np.ndarray | None:
-    """(N,) int64 length each clip's resampled side is encoded at with interp='pre'; None
-    for interp='post'.
-
-    resample='video': round(duration x the audio encoder's steps per second) (6.25 for
-    BEATs), at least 1; resample='audio': round(duration x the video rate: the encoder's
-    steps per second, or the clip's own fps for per-frame encoders). Nothing of another
-    clip, nor of the clip's other modality's step count, enters.
-    """
-    if objective.interp != "pre":
-        return None
-    out = np.empty(len(clips), dtype=np.int64)
-    for i, c in enumerate(clips):
-        if objective.resample == "video":
-            rate = meta.audio.steps_per_second
-            if not rate:
-                raise CacheError(f"the audio encoder {meta.audio.name} records no steps_per_second")
-        else:
-            rate = meta.video.steps_per_second or c.fps
-            if not rate:
-                raise CacheError(f"clip {c.clip_id} records no fps and the video encoder no step rate")
-        out[i] = max(1, int(round(_own_duration(c) * rate)))
-    return out
