@@ -474,7 +474,7 @@ def export_cmd(
     out_h5: Annotated[Path, typer.Argument(help="HDF5 file to write.")],
     split: Annotated[Optional[str], typer.Option(help="Export only this split.")] = None,
 ) -> None:
-    """Export a cache (or one split) to one HDF5 file (layout: data_manifests/README.md / extract/hdf5.py)."""
+    """Export a cache (or one split) to one HDF5 file (layout: data_manifests/README.md / core/hdf5.py)."""
     from ..core.hdf5 import export_h5
 
     n = _guard(lambda: export_h5(cache, out_h5, split=split))

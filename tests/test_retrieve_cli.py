@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from cache_factory import make_learnable_cache, make_random_cache
+from encode_alone import encode_each_alone
 from scav.core.cache import FeatureCache
 from scav.retrieve.cli import app
 from scav.retrieve.evaluate import RetrieveConfig, run
@@ -47,19 +48,9 @@ def independent_ranks(cache_path, ckpt_path, split):
 
     model, cfg, _ = load_model(ckpt_path)
     cache = FeatureCache.open(cache_path)
-    vs, as_ = [], []
-    with torch.no_grad():
-        for info in cache.clips(split):
-            f = cache.get(info.clip_id)
-            v = torch.from_numpy(f.video.astype("float32"))[None]
-            a = torch.from_numpy(f.audio.astype("float32"))[None]
-            out = model(v, torch.ones(v.shape[:2], dtype=torch.bool), a, torch.ones(a.shape[:2], dtype=torch.bool))
-            vs.append(out["video_seq"][0])
-            as_.append(out["audio_seq"][0])
-    pad = torch.nn.utils.rnn.pad_sequence
-    v, a = pad(vs, batch_first=True), pad(as_, batch_first=True)
-    vm = torch.arange(v.shape[1])[None] < torch.tensor([len(x) for x in vs])[:, None]
-    am = torch.arange(a.shape[1])[None] < torch.tensor([len(x) for x in as_])[:, None]
+    v, vm, a, am = encode_each_alone(model, cache, cache.clips(split))
+    vs = [x[: int(m.sum())] for x, m in zip(v, vm)]
+    as_ = [x[: int(m.sum())] for x, m in zip(a, am)]
     ve = torch.stack([x.mean(0) for x in vs])
     ae = torch.stack([x.mean(0) for x in as_])
     cos = F.normalize(ve.double(), dim=-1) @ F.normalize(ae.double(), dim=-1).T  # (video, audio)
@@ -167,18 +158,7 @@ def test_dtw_gamma_zero_ranks_by_hard_dtw(setup, tmp_path):
 
     model, _, _ = load_model(ckpt)
     fc = FeatureCache.open(cache)
-    vs, as_ = [], []
-    with torch.no_grad():
-        for info in fc.clips("test"):
-            f = fc.get(info.clip_id)
-            v, a = torch.from_numpy(f.video.astype("float32"))[None], torch.from_numpy(f.audio.astype("float32"))[None]
-            out = model(v, torch.ones(v.shape[:2], dtype=torch.bool), a, torch.ones(a.shape[:2], dtype=torch.bool))
-            vs.append(out["video_seq"][0])
-            as_.append(out["audio_seq"][0])
-    pad = torch.nn.utils.rnn.pad_sequence
-    v, a = pad(vs, batch_first=True), pad(as_, batch_first=True)
-    vm = torch.arange(v.shape[1])[None] < torch.tensor([len(x) for x in vs])[:, None]
-    am = torch.arange(a.shape[1])[None] < torch.tensor([len(x) for x in as_])[:, None]
+    v, vm, a, am = encode_each_alone(model, fc, fc.clips("test"))
     d = dtw_matrix(v.double(), vm, a.double(), am)
     assert res["a2v"] == pytest.approx(summarize_ranks(ranks_from_scores(-d.T)))
     assert res["v2a"] == pytest.approx(summarize_ranks(ranks_from_scores(-d)))

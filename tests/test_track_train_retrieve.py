@@ -18,6 +18,8 @@ from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.model import SCAVModel
 from scav.train.objective import sequence_distance
 
+from encode_alone import encode_each_alone
+
 DV, DA = 6, 4
 TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
 
@@ -55,25 +57,14 @@ def independent_ranks(cache_path, ckpt, track):
     """Each clip with the track encoded alone from FeatureCache.get(track=...), full matrices."""
     model, cfg, _ = load_model(ckpt)
     cache = FeatureCache.open(cache_path)
-    vs, as_ = [], []
-    with torch.no_grad():
-        for info in cache.clips("test"):
-            if info.find_track(track) is None:
-                continue
-            f = cache.get(info.clip_id, track=track)
-            v = torch.from_numpy(f.video.astype("float32"))[None]
-            a = torch.from_numpy(f.audio.astype("float32"))[None]
-            out = model(v, torch.ones(v.shape[:2], dtype=torch.bool), a, torch.ones(a.shape[:2], dtype=torch.bool))
-            vs.append(out["video_seq"][0])
-            as_.append(out["audio_seq"][0])
-    pad = torch.nn.utils.rnn.pad_sequence
-    v, a = pad(vs, batch_first=True), pad(as_, batch_first=True)
-    vm = torch.arange(v.shape[1])[None] < torch.tensor([len(x) for x in vs])[:, None]
-    am = torch.arange(a.shape[1])[None] < torch.tensor([len(x) for x in as_])[:, None]
-    cos = F.normalize(torch.stack([x.mean(0) for x in vs]), dim=-1) @ F.normalize(torch.stack([x.mean(0) for x in as_]), dim=-1).T
+    with_track = [c for c in cache.clips("test") if c.find_track(track) is not None]
+    v, vm, a, am = encode_each_alone(model, cache, with_track, track)
+    ve = torch.stack([x[m].mean(0) for x, m in zip(v, vm)])
+    ae = torch.stack([x[m].mean(0) for x, m in zip(a, am)])
+    cos = F.normalize(ve, dim=-1) @ F.normalize(ae, dim=-1).T
     with torch.no_grad():
         d = sequence_distance(cfg.objective, v, vm, a, am)
-    return len(vs), {"agg": ranks_from_scores(cos.T), "seq": ranks_from_scores(-d.T)}
+    return len(with_track), {"agg": ranks_from_scores(cos.T), "seq": ranks_from_scores(-d.T)}
 
 
 @pytest.mark.parametrize("track", [0, 1, "spa", "eng"])
