@@ -34,6 +34,7 @@ import torch
 
 from scav.core.clip_lengths import pre_lengths
 from scav.core.files import atomic_path, remove_stale_tmp, sha256_file
+from scav.core.loader import iter_eval_batches
 from scav.core.schema import CacheError, CacheMeta, ClipInfo, TrackSelector
 
 from scav.sequence.pooling import masked_mean
@@ -121,8 +122,6 @@ def embed_split(
     track: the audio track to encode (index or language tag, see ``scav.core.schema``).
     progress: optional callable(n_clips_done) for a progress bar.
     """
-    from scav.core.loader import iter_eval_batches
-
     ids = [c.clip_id for c in clips]
     pre = pre_lengths(clips, model.objective, meta)
     nv, na = latent_lengths(clips, model.objective, pre, track)

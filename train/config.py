@@ -21,6 +21,9 @@ RESAMPLES = ("video", "audio")  # which modality is resampled to the other's len
 # Deprecated (one release): the old name of `resample`, with the retrieval-style literals.
 LEGACY_DIRECTION = {"v2a": "video", "a2v": "audio"}
 PRECISIONS = ("fp32", "bf16")
+# Wasserstein: position cost and Sinkhorn eps relative to each pair's mean step cost
+# ('step_mean', this release) or absolute ('none': what models trained before it used).
+WASSERSTEIN_SCALES = ("step_mean", "none")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -94,13 +97,16 @@ class ObjectiveConfig:
     lambda_init: float = 1.0  # SCAV temperature init (Table IV ablation 2: 0.07)
     tau_init: float = 0.07  # CAV temperature init
     gamma: float = 0.1  # soft-DTW smoothing
-    eps: float = 0.1  # Sinkhorn entropic regularisation, relative to each pair's mean step cost
+    eps: float = 0.1  # Sinkhorn entropic regularisation (relative to the step costs with wasserstein_scale)
+    wasserstein_scale: str = "step_mean"  # see WASSERSTEIN_SCALES
 
     def validate(self) -> None:
         _check(self.kind in OBJECTIVES, f"objective.kind must be one of {OBJECTIVES}, got {self.kind!r}")
         _check(self.distance in DISTANCES, f"objective.distance must be one of {DISTANCES}, got {self.distance!r}")
         _check(self.interp in INTERPS, f"objective.interp must be one of {INTERPS}, got {self.interp!r}")
         _check(self.resample in RESAMPLES, f"objective.resample must be one of {RESAMPLES}, got {self.resample!r}")
+        _check(self.wasserstein_scale in WASSERSTEIN_SCALES,
+               f"objective.wasserstein_scale must be one of {WASSERSTEIN_SCALES}, got {self.wasserstein_scale!r}")
         for name in ("lambda_init", "tau_init", "gamma", "eps"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v > 0, f"objective.{name} must be a positive number, got {v}")
@@ -207,8 +213,13 @@ class TrainConfig:
 
 
 def _upgrade_objective(d: dict[str, Any]) -> dict[str, Any]:
-    """Read configs written before ``direction`` was renamed ``resample`` (checkpoints, config.json)."""
+    """Read configs of earlier releases (checkpoints, config.json): ``direction`` became
+    ``resample``; a config without ``wasserstein_scale`` was trained with the absolute
+    Wasserstein costs, and keeps them (for the other distances the field means nothing, and
+    takes the default so that their runs resume as before)."""
     d = dict(d)
+    if d.get("distance") == "wasserstein":
+        d.setdefault("wasserstein_scale", "none")
     if "direction" in d:
         old = d.pop("direction")
         if old not in LEGACY_DIRECTION:

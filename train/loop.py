@@ -259,9 +259,10 @@ def validate(model: SCAVModel, cfg: TrainConfig, val_ids: list[str], device: tor
         b = b.to(device)
         own = None if pre is None else torch.from_numpy(pre).to(device)
         out = model(b.video, b.video_mask, b.audio, b.audio_mask, pre_lengths=own)
+        lv, la = out["video_mask"].sum(1).tolist(), out["audio_mask"].sum(1).tolist()  # one sync per batch
         for k in range(len(b)):
-            vs.append(out["video_seq"][k, : int(out["video_mask"][k].sum())].float())
-            as_.append(out["audio_seq"][k, : int(out["audio_mask"][k].sum())].float())
+            vs.append(out["video_seq"][k, : lv[k]].float())
+            as_.append(out["audio_seq"][k, : la[k]].float())
         ve.append(out["video_emb"].float())
         ae.append(out["audio_emb"].float())
     ve_n = torch.nn.functional.normalize(torch.cat(ve), dim=-1)

@@ -28,12 +28,15 @@ def distance_spec(obj_cfg: ObjectiveConfig) -> DistanceSpec:
     """The sequence distance of an objective: the one place a config becomes a DistanceSpec.
 
     CAV models have no trained distance: they are ranked by the interpolated Euclidean
-    with the video resampled (paper Table I note). The Wasserstein position weight and
-    Sinkhorn tolerance are the DistanceSpec defaults (not part of the objective).
+    with the video resampled (paper Table I note). ``wasserstein_scale`` sets both the
+    position cost's and eps's scale; the position weight and Sinkhorn tolerance are the
+    DistanceSpec defaults (not part of the objective).
     """
     if not obj_cfg.uses_scav:
         return DistanceSpec("euclidean", resample="video")
-    return DistanceSpec(obj_cfg.distance, resample=obj_cfg.resample, gamma=obj_cfg.gamma, eps=obj_cfg.eps)
+    scale = obj_cfg.wasserstein_scale
+    return DistanceSpec(obj_cfg.distance, resample=obj_cfg.resample, gamma=obj_cfg.gamma, eps=obj_cfg.eps,
+                        pos_scale=scale, eps_scale=scale)
 
 
 def sequence_distance(
