@@ -53,10 +53,10 @@ def _loss_and_grads(model, net, batch, obj, info):
     return losses["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank, port, path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, init_file, path):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # rendezvous through a file, not a TCP port: no race for a "free" port with other processes
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     info = DistInfo(rank=rank, world_size=WORLD)
     results = {}
     for name, obj in CASES.items():
@@ -82,7 +82,7 @@ def _free_port() -> int:
 
 def test_two_process_gather_equals_single_process(tmp_path):
     path = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(_free_port(), str(path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(path)), nprocs=WORLD, join=True)
     results = torch.load(path, weights_only=True)
 
     seq, mask, feats = results.pop("gathered")
