@@ -39,6 +39,10 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from .checksum import FastCrc32cCodec
+from .chunk_layout import ArrayChunks, ChunkError
+from .files import atomic_path
+from .mapped import MappedFiles
 from .schema import (
     AUDIO,
     FEATURE_DTYPE,
@@ -57,9 +61,6 @@ from .schema import (
     audio_track_name,
     format_identity_diff,
 )
-from .checksum import FastCrc32cCodec
-from .chunk_layout import ArrayChunks, ChunkError
-from .mapped import MappedFiles
 from .writer_lock import HOLDER_FILE, LOCK_FILE, CacheLock, Staging, remove_abandoned_staging
 
 log = logging.getLogger(__name__)
@@ -541,10 +542,9 @@ def _scav_leftovers_only(path: Path) -> bool:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
 
 
 # Tests of concurrent writers pause a writer inside a part (staged, not yet committed):

@@ -87,8 +87,10 @@ def export_h5(cache_path: str | os.PathLike, out: str | os.PathLike, split: str 
             g.create_dataset(VIDEO, data=feats.video)
             g.create_dataset("video_times", data=np.asarray(feats.video_times, dtype=np.float64))
             ag = g.create_group(AUDIO)
-            for j in range(len(info.tracks)):
-                ag.create_dataset(audio_track_name(j), data=cache.get(info.clip_id, track=j).audio)
+            ag.create_dataset(audio_track_name(0), data=feats.audio)
+            pi, row = cache.locate(info.clip_id)
+            for j in range(1, len(info.tracks)):  # the other tracks alone: the video is read once
+                ag.create_dataset(audio_track_name(j), data=cache.parts[pi].read(row, AUDIO, j))
             g.attrs["clip_id"] = info.clip_id
             g.attrs["info"] = json.dumps(info.to_dict())
             for key in ("split", "label", "source", "path"):

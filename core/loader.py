@@ -161,8 +161,9 @@ def _build_batch(reader: ClipReader, locs: np.ndarray, tracks: np.ndarray, clip_
              AUDIO: [reader.plan(pi, row, AUDIO, t) for (pi, row), t in zip(where, trk)]}
     video, video_mask = alloc_padded(np.array([p[0] for p in plans[VIDEO]], np.int64), reader.video_dim)
     audio, audio_mask = alloc_padded(np.array([p[0] for p in plans[AUDIO]], np.int64), reader.audio_dim)
+    storage_order = np.lexsort((locs[:, 1], locs[:, 0])).tolist()
     for m, out in ((VIDEO, video.numpy()), (AUDIO, audio.numpy())):
-        for i in np.lexsort((locs[:, 1], locs[:, 0])).tolist():
+        for i in storage_order:
             plan = plans[m][i]
             reader.read_planned(*where[i], m, trk[i] if m == AUDIO else 0, plan, out[i, : plan[0]])
             out[i, plan[0] :] = 0
