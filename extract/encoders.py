@@ -106,18 +106,24 @@ def _checked(clips, check) -> tuple[list, dict[int, np.ndarray]]:
     return out, valid
 
 
+def encode_each_alone(enc, clips: Sequence[np.ndarray], catch: type[BaseException] = EncodeError) -> list:
+    """One output per clip, in order: ``enc.encode(clip)``, or the ``catch`` exception it raised
+    (so an error lands on its own clip and the others still run)."""
+    out: list = []
+    for x in clips:
+        try:
+            out.append(enc.encode(x))
+        except catch as e:
+            out.append(e)
+    return out
+
+
 class _EachAlone:
     """``encode_many`` for encoders that gain nothing from batching clips: each clip alone."""
 
     def encode_many(self, clips: Sequence[np.ndarray]) -> list[np.ndarray | EncodeError]:
         """One output per clip, in order: ``encode(clip)``, or the ``EncodeError`` it raised."""
-        out: list[np.ndarray | EncodeError] = []
-        for x in clips:
-            try:
-                out.append(self.encode(x))
-            except EncodeError as e:
-                out.append(e)
-        return out
+        return encode_each_alone(self, clips)
 
 
 # ---------------------------------------------------------------------------- helpers

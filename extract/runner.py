@@ -46,10 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from ..core.device import resolve_device
 from ..core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
+from ..core.device import resolve_device
 from ..core.schema import AudioTrack, CacheLayout, CacheMeta, ClipInfo, Failure
 from ..data_manifests.manifest import ManifestError, ManifestRow, load_manifest
+from .encoders import encode_each_alone
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,7 @@ def _encode_each(enc, inputs: list) -> list:
             raise ValueError(f"encode_many returned {len(outs)} outputs for {len(inputs)} inputs")
         except Exception:
             log.debug("encode_many failed for a batch of %d; encoding each alone", len(inputs), exc_info=True)
-    outs = []
-    for x in inputs:
-        try:
-            outs.append(enc.encode(x))
-        except Exception as e:
-            outs.append(e)
-    return outs
+    return encode_each_alone(enc, inputs, catch=Exception)
 
 
 def _encode_failure(row: ManifestRow, e: BaseException) -> Failure:

@@ -27,11 +27,6 @@ def noise(seconds: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny")
-
-
-@pytest.fixture(scope="module")
 def beats_ckpt(tiny_dir):
     return make_tiny_beats_ckpt(tiny_dir)
 

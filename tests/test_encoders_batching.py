@@ -51,11 +51,6 @@ def test_group_equal_lengths_never_mixes_lengths():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny")
-
-
-@pytest.fixture(scope="module")
 def clip_dir(tiny_dir):
     return make_tiny_clip_dir(tiny_dir)
 
