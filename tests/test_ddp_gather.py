@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
-from scav.train.ddp import DistInfo, gather_features, gather_sequences
+from scav.train.ddp import DistInfo, cleanup, gather_features, gather_sequences
 from scav.train.model import SCAVModel
 from scav.train.objective import compute_loss
 
@@ -71,7 +71,7 @@ def _worker(rank, init_file, path):
     results["gathered"] = (seq, mask, gather_features(torch.full((N, 2), float(rank))))
     if rank == 0:
         torch.save(results, path)
-    dist.destroy_process_group()
+    cleanup()
 
 
 def _free_port() -> int:

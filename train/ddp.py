@@ -44,8 +44,14 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = True) -> None:
+    """Leave the process group. ``synchronize``: wait for every rank first, so that no rank
+    tears gloo down while another still has work in flight (that aborts the other process
+    with "terminate called without an active exception"); skipped after an error, when the
+    other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

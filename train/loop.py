@@ -476,10 +476,13 @@ def run(cfg: TrainConfig) -> dict:
     # No torch.use_deterministic_algorithms: the CPU kernels used here are
     # deterministic already (tests/test_train_resume.py checks bit-equal losses)
     # and the call imports torch._inductor (~3 s).
+    ok = False
     try:
-        return _train(setup(cfg, device, dist))
+        summary = _train(setup(cfg, device, dist))
+        ok = True
+        return summary
     finally:
-        ddp.cleanup()
+        ddp.cleanup(synchronize=ok)
 
 
 def _train(t: Training) -> dict:
