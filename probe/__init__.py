@@ -1,0 +1,1 @@
+"""Linear and MLP probes on frozen SCAV embeddings (scav-probe)."""
