@@ -26,7 +26,7 @@ EXTRA_ONLY = ["av", "transformers", "speechbrain", "torchaudio", "torchvision", 
 BASE_DIRS = ["core", "sequence", "train", "retrieve", "scav"]
 NOT_BASE = {"core/hdf5.py": "hdf5", "scav/demo.py": "extract"}
 # import name -> distribution name, where they differ
-DIST = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "ot": "pot"}
+DIST = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "ot": "pot", "faiss": "faiss-cpu"}
 
 
 def _dist_name(requirement: str) -> str:

@@ -1,0 +1,55 @@
+"""Track-invariance scores (retrieve/invariance.py) against a naive loop over clip pairs."""
+
+import numpy as np
+import pytest
+
+from scav.retrieve.invariance import invariance_scores
+
+
+def naive(original, dub, sources):
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    n = len(original)
+    own = [1 - cos(original[i], dub[i]) for i in range(n)]
+    src, hits = [], []
+    for i in range(n):
+        peers = [j for j in range(n) if j != i and sources[j] == sources[i]]
+        if not peers:
+            continue
+        src.append(np.mean([1 - cos(original[i], original[j]) for j in peers]))
+        own_c = cos(dub[i], original[i])
+        hits.append(all(own_c > cos(dub[i], original[j]) for j in peers))
+    return np.mean(own), np.mean(src), 100 * np.mean(hits)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scores_equal_a_naive_loop(seed):
+    rng = np.random.default_rng(seed)
+    n, c = 23, 8
+    sources = [f"s{rng.integers(0, 5)}" for _ in range(n)] + ["lonely"]
+    original = rng.normal(size=(n + 1, c))
+    dub = original + rng.normal(scale=0.7, size=(n + 1, c)) * rng.uniform(0.1, 3, size=(n + 1, 1))
+    got = invariance_scores(original, dub, sources)
+    own, src, r1 = naive(original, dub, sources)
+    assert got["own_distance"] == pytest.approx(own, rel=1e-12)
+    assert got["source_distance"] == pytest.approx(src, rel=1e-12)
+    assert got["invariance"] == pytest.approx(1 - own / src, rel=1e-12)
+    assert got["track_R@1"] == pytest.approx(r1)
+    assert got["clips_with_source_peers"] == n  # the lonely clip counts in own_distance only
+
+
+def test_hand_worked_extremes():
+    o = np.array([[1.0, 0], [0, 1.0], [1.0, 1.0]])
+    # identical tracks: invariance 1 and every dub finds its clip
+    same = invariance_scores(o, 3 * o, ["a", "a", "a"])
+    assert same["invariance"] == pytest.approx(1.0) and same["track_R@1"] == 100.0
+    # dubs swapped between clips 0 and 1: each dub equals the other clip's original
+    swapped = invariance_scores(o[:2], o[[1, 0]], ["a", "a"])
+    # own distance = 1 - cos(e0, e1) = 1 = source distance -> invariance 0, no hit
+    assert swapped["invariance"] == pytest.approx(0.0) and swapped["track_R@1"] == 0.0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shapes differ"):
+        invariance_scores(np.zeros((3, 2)), np.zeros((2, 2)), ["a"] * 3)
