@@ -227,11 +227,17 @@ def parse_track_selector(text: str) -> TrackSelector:
 
 @dataclass
 class AudioTrack:
-    """One audio stream of a clip's container."""
+    """One audio track of a clip: an audio stream of its container, or a separate file (a dub).
 
-    index: int  # position among the container's audio streams (0 = first)
-    language: str | None = None  # container language tag, if any
+    ``original``: the track in the film's original language (the others are dubs). Set at
+    extraction (extract/decode.py states the rule); caches written before the flag existed have
+    no such key and read as False everywhere, so :meth:`ClipInfo.original_track` falls back to 0.
+    """
+
+    index: int  # position among the clip's audio tracks: container streams first, then manifest files
+    language: str | None = None  # language tag (container metadata or the manifest), if any
     n_steps: int = 0
+    original: bool = False
 
 
 @dataclass
@@ -271,6 +277,10 @@ class ClipInfo:
             raise CacheError(f"clip {self.clip_id!r} has no audio track {track!r} "
                              f"(it has {describe_tracks(self.tracks)})")
         return j
+
+    def original_track(self) -> int:
+        """Position in ``tracks`` of the original-language track (the first flagged); 0 if none is."""
+        return next((j for j, t in enumerate(self.tracks) if t.original), 0)
 
     def n_audio_steps(self, track: TrackSelector = 0) -> int:
         """Steps of the selected audio track (CacheError if the clip has none such)."""

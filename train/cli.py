@@ -22,11 +22,13 @@ from scav.core.device import DEVICE_HELP
 
 from .config import (
     DISTANCES,
+    DUB_VARIANTS,
     INTERPS,
     LEGACY_DIRECTION,
     OBJECTIVES,
     PRECISIONS,
     RESAMPLES,
+    DubsConfig,
     ModelConfig,
     ObjectiveConfig,
     TrainConfig,
@@ -38,6 +40,7 @@ app = make_app(help=__doc__.split("\n\n")[0])
 T = field_defaults(TrainConfig)
 M = field_defaults(ModelConfig)
 O = field_defaults(ObjectiveConfig)  # noqa: E741
+DB = field_defaults(DubsConfig)
 # Choices: Literal[tuple] == Literal[*tuple]; typer turns them into click choices.
 Kind = Literal[OBJECTIVES]
 Distance = Literal[DISTANCES]
@@ -45,6 +48,7 @@ Interp = Literal[INTERPS]
 Resample = Literal[RESAMPLES]
 Direction = Literal[tuple(LEGACY_DIRECTION)]
 Precision = Literal[PRECISIONS]
+DubVariant = Literal[DUB_VARIANTS]
 
 
 def default_out(obj: ObjectiveConfig) -> str:
@@ -58,17 +62,18 @@ def build_config(
     *,
     model: dict[str, Any] | None = None,
     objective: dict[str, Any] | None = None,
+    dubs: dict[str, Any] | None = None,
     **train: Any,
 ) -> TrainConfig:
     """A validated TrainConfig from keywords named as the dataclass fields.
 
-    ``model`` / ``objective``: ModelConfig / ObjectiveConfig fields; ``train``:
+    ``model`` / ``objective`` / ``dubs``: ModelConfig / ObjectiveConfig / DubsConfig fields; ``train``:
     TrainConfig fields. Missing fields keep the dataclass defaults, except an
     absent or None ``objective['interp']`` (see ``ObjectiveConfig.with_default_interp``).
     """
     obj = ObjectiveConfig.with_default_interp(**(objective or {}))
     cfg = TrainConfig(cache=cache, out=out or default_out(obj), model=ModelConfig(**(model or {})), objective=obj,
-                      **train)
+                      dubs=DubsConfig(**(dubs or {})), **train)
     cfg.validate()
     return cfg
 
@@ -116,6 +121,14 @@ def train(
     precision: Precision = typer.Option(T["precision"], "--precision", help="fp32 (paper) or bf16 autocast of the model (the loss stays fp32)."),
     workers: int = typer.Option(T["num_workers"], "--workers", help="DataLoader worker processes reading the cache."),
     crop: Optional[float] = typer.Option(T["random_crop"], "--crop", help="Random temporal crop in seconds (same window in both modalities)."),
+    same_source: float = typer.Option(T["same_source_fraction"], "--same-source", help="Fraction of each batch drawn from one source (long video) as hard negatives; the dubs paper uses 0.125 (1/8). 0: uniform batches."),
+    dubs: DubVariant = typer.Option(DB["variant"], "--dubs", help="Dub-augmented quadruplet training (dubs paper): monolingual (control: the same track twice), bilingual (secondary = --dub-language), multilingual (the clip's other tracks in turn), audio-only (within-modal terms only)."),
+    dub_language: Optional[str] = typer.Option(DB["language"], "--dub-language", help="bilingual: language tag of the secondary audio track, as stored (e.g. spa)."),
+    dub_window: float = typer.Option(DB["window"], "--dub-window", help="Seconds per quadruplet instance (paper: 3); 0 = the whole clip."),
+    dub_jitter: Optional[bool] = typer.Option(DB["jitter"], "--dub-jitter/--no-dub-jitter", show_default=False, help="Draw the secondary window independently of the primary (paper's temporal jitter) [default: on for cav, off for sequence objectives]."),
+    mask_fraction: float = typer.Option(DB["mask_fraction"], "--mask-fraction", help="Dubs: time-mask up to this fraction of each sequence's steps (feature-level augmentation)."),
+    lambda_v: float = typer.Option(DB["lambda_v"], "--lambda-v", help="Dubs: weight of the within-modal video term (Eq. 3); 0 = tracked, not trained."),
+    lambda_a: float = typer.Option(DB["lambda_a"], "--lambda-a", help="Dubs: weight of the within-modal audio term (Eq. 3); audio-only needs > 0."),
     c: int = typer.Option(M["c"], "--c", help="Latent width of both encoders."),
     video_layers: int = typer.Option(M["video_layers"], "--video-layers", help="Transformer blocks of the video encoder."),
     audio_layers: int = typer.Option(M["audio_layers"], "--audio-layers", help="Transformer blocks of the audio encoder."),
@@ -138,6 +151,9 @@ def train(
         cfg = build_config(
             cache, out, objective=objective_kw,
             model=dict(c=c, video_layers=video_layers, audio_layers=audio_layers, heads=heads),
+            dubs=dict(variant=dubs, language=dub_language, window=dub_window or None, jitter=dub_jitter,
+                      mask_fraction=mask_fraction, lambda_v=lambda_v, lambda_a=lambda_a),
+            same_source_fraction=same_source,
             split=split, audio_track=audio_track, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=weight_decay,
             val_clips=val_clips, val_every=val_every, keep_best=keep_best, log_every=log_every, precision=precision,
             num_workers=workers, random_crop=crop, seed=seed, device=device, resume=resume,

@@ -24,6 +24,8 @@ PRECISIONS = ("fp32", "bf16")
 # Wasserstein: position cost and Sinkhorn eps relative to each pair's mean step cost
 # ('step_mean', this release) or absolute ('none': what models trained before it used).
 WASSERSTEIN_SCALES = ("step_mean", "none")
+# Dub-augmented training (the dubs paper's variants): see DubsConfig.
+DUB_VARIANTS = ("off", "monolingual", "bilingual", "multilingual", "audio-only")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -134,6 +136,63 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
+class DubsConfig:
+    """Quadruplet training of "Looking similar, sounding different" (§3, Appendix A).
+
+    Each clip gives a primary (v_p, a_p) and a secondary (v_s, a_s) instance: two temporal
+    windows of ``window`` seconds and, for the secondary audio, another track of the clip.
+    The cross-modal terms contrast (v_p, a_s) and (v_s, a_p) (Eq. 1-2); ``lambda_v`` /
+    ``lambda_a`` add the within-modal terms (Eq. 3). Variants (which track is a_s):
+
+    - ``monolingual``: the primary track again (the paper's control: two augmentations);
+    - ``bilingual``: the track tagged ``language`` (clips without it: another track if any);
+    - ``multilingual``: the clip's other tracks in turn, one per epoch (round-robin);
+    - ``audio-only``: as multilingual, within-modal terms only (no cross-modal term).
+
+    ``jitter``: draw the secondary window independently of the primary (the paper's temporal
+    jitter). None = on for CAV, off for sequence objectives, whose distance compares
+    *when* things happen: there v_p and a_s cover the same seconds.
+    """
+
+    variant: str = "off"
+    language: str | None = None  # bilingual: the secondary track's language tag
+    window: float | None = 3.0  # seconds per instance (paper: 3 s); None = the whole clip
+    jitter: bool | None = None
+    mask_fraction: float = 0.0  # time mask of up to this fraction of each sequence's steps
+    lambda_v: float = 0.0
+    lambda_a: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.variant != "off"
+
+    @property
+    def cross(self) -> bool:
+        return self.variant != "audio-only"
+
+    def second_track(self) -> int | str | None:
+        """The loader's ``second_track`` policy for this variant (None = off)."""
+        return {"off": None, "monolingual": "same", "bilingual": self.language,
+                "multilingual": "round-robin", "audio-only": "round-robin"}[self.variant]
+
+    def uses_jitter(self, objective: "ObjectiveConfig") -> bool:
+        return (objective.kind == "cav") if self.jitter is None else self.jitter
+
+    def validate(self) -> None:
+        _check(self.variant in DUB_VARIANTS, f"dubs.variant must be one of {DUB_VARIANTS}, got {self.variant!r}")
+        _check((self.variant == "bilingual") == bool(self.language and self.language.strip()),
+               "dubs.language (the secondary language tag) is required by the bilingual variant and only by it")
+        _check(self.window is None or (math.isfinite(self.window) and self.window > 0),
+               f"dubs.window must be None or > 0 seconds, got {self.window}")
+        _check(0.0 <= self.mask_fraction < 1.0, f"dubs.mask_fraction must be in [0, 1), got {self.mask_fraction}")
+        for name in ("lambda_v", "lambda_a"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v >= 0, f"dubs.{name} must be >= 0, got {v}")
+        _check(self.variant != "audio-only" or self.lambda_a > 0 or self.lambda_v > 0,
+               "the audio-only variant trains the within-modal terms only: give lambda_a > 0 (and/or lambda_v)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     cache: str
     out: str
@@ -152,12 +211,14 @@ class TrainConfig:
     precision: str = "fp32"
     num_workers: int = 0
     random_crop: float | None = None  # seconds; same window in both modalities
+    same_source_fraction: float = 0.0  # of each batch from one source (hard negatives; dubs paper: 1/8)
     keep_best: int = 10
     log_every: int = 50
     device: str = "auto"  # 'auto' = cuda if available (or LOCAL_RANK's cuda) else cpu
     resume: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    dubs: DubsConfig = field(default_factory=DubsConfig)
 
     def validate(self) -> None:
         _check(bool(self.cache), "cache path is empty")
@@ -188,9 +249,14 @@ class TrainConfig:
         )
         _check(self.keep_best >= 1, f"keep_best must be >= 1, got {self.keep_best}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check(0.0 <= self.same_source_fraction <= 1.0,
+               f"same_source_fraction must be in [0, 1], got {self.same_source_fraction}")
+        _check(not (self.dubs.enabled and self.random_crop is not None),
+               "random_crop and dub-augmented training both cut windows: use dubs.window instead of random_crop")
         check_device_name(self.device)
         self.model.validate()
         self.objective.validate()
+        self.dubs.validate()
 
     # -- plain-dict round trip (config.json, checkpoints) -----------------
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +273,7 @@ class TrainConfig:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         d["model"] = ModelConfig(**d.get("model", {}))
         d["objective"] = ObjectiveConfig(**_upgrade_objective(d.get("objective", {})))
+        d["dubs"] = DubsConfig(**d.get("dubs", {}))  # configs before dubs: off
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)

@@ -24,6 +24,13 @@ read: a non-finite loss or gradient skips the update on the device
 (:class:`NonFiniteGuard`) and the next read stops the run naming that step, with
 last.pt the last checkpoint before it.
 
+Dub-augmented training (``cfg.dubs``, the dubs paper): the loader serves each clip with a
+second audio track, :func:`scav.train.augment.make_quadruplets` cuts the primary and
+secondary instances on the CPU (seeded by step and rank, as crops are), the model encodes
+both in one forward (:func:`forward_pair`) and ``objective.compute_quad_loss`` contrasts
+them. ``same_source_fraction`` makes batches with same-source hard negatives
+(``scav.core.source_batches``). Validation and checkpoints are as for pairs.
+
 Precision: ``bf16`` autocasts the model; its outputs are cast to fp32 and the loss
 (distance matrix, z-score, temperatures) is computed in fp32. Measured on B=32 pairs of
 62 x 512 LayerNorm'd sequences: the interpolated Euclidean matrix from bf16 sequences is
@@ -56,6 +63,7 @@ from scav.core.loader import Batch, iter_eval_batches, make_train_loader
 from scav.sequence.metrics import ranks_from_scores, recall_at
 
 from . import ddp
+from .augment import QuadBatch, make_quadruplets
 from .checkpoint import (
     average_state_dicts,
     check_cache_matches,
@@ -65,7 +73,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .model import SCAVModel
-from .objective import compute_loss, sequence_distance
+from .objective import compute_loss, compute_quad_loss, sequence_distance
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +167,7 @@ def batch_stream(cfg: TrainConfig, start: TrainState, clip_ids: list[str], cache
         loader = make_train_loader(
             cache if cache is not None else cfg.cache, cfg.split, cfg.batch_size, seed=cfg.seed, epoch=epoch,
             start_batch=first, clip_ids=clip_ids, num_workers=cfg.num_workers, track=cfg.audio_track,
+            same_source_fraction=cfg.same_source_fraction, second_track=cfg.dubs.second_track(),
         )
         it = iter(loader)
         index = first
@@ -195,13 +204,19 @@ class BatchFeed:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="scav-feed")
         self.ahead = None  # future of the next step's prepared batch
 
-    def _prepare(self, batch: Batch, step: int) -> Batch:
-        """Crop (CPU) and pin the batch trained at ``step`` (the state's step before it)."""
+    def _prepare(self, batch: Batch, step: int) -> "Batch | QuadBatch":
+        """Crop or cut into quadruplets (CPU), and pin, the batch trained at ``step`` (the
+        state's step before it)."""
         t = self.t
-        if t.cfg.random_crop is not None:
-            # seeded by step and rank: a resumed run crops as the uninterrupted one did
-            gen = torch.Generator().manual_seed(t.cfg.seed * 1_000_003 + step * 101 + t.dist.rank)
-            batch = random_crop(batch, [t.fps[c] for c in batch.clip_ids], t.cfg.random_crop, gen)
+        # seeded by step and rank: a resumed run crops as the uninterrupted one did
+        gen = torch.Generator().manual_seed(t.cfg.seed * 1_000_003 + step * 101 + t.dist.rank)
+        fps = [t.fps[c] for c in batch.clip_ids]
+        dubs = t.cfg.dubs
+        if dubs.enabled:
+            batch = make_quadruplets(batch, fps, dubs.window, gen, same_window=not dubs.uses_jitter(t.cfg.objective),
+                                     mask_fraction=dubs.mask_fraction)
+        elif t.cfg.random_crop is not None:
+            batch = random_crop(batch, fps, t.cfg.random_crop, gen)
         return batch.pin_memory() if self.pin else batch
 
     def next(self) -> tuple[int, int, Batch]:
@@ -609,10 +624,15 @@ def train_step(t: Training, batch: tuple[int, int, Batch], autocast) -> dict[str
     device and stops the run at the next :func:`read_losses`."""
     epoch, index, batch = batch
     t.model.train()
-    with autocast:  # the model in bf16 when asked; the loss below in fp32 (module docstring)
-        out = t.net(batch.video, batch.video_mask, batch.audio, batch.audio_mask)
-    out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-    losses = compute_loss(out, t.model, t.cfg.objective, t.dist)
+    if isinstance(batch, QuadBatch):
+        with autocast:
+            out_p, out_s = forward_pair(t.net, batch.primary, batch.secondary)
+        out_p, out_s = _float(out_p), _float(out_s)
+        losses = compute_quad_loss(out_p, out_s, t.model, t.cfg.objective, t.cfg.dubs, t.dist)
+    else:
+        with autocast:  # the model in bf16 when asked; the loss below in fp32 (module docstring)
+            out = t.net(batch.video, batch.video_mask, batch.audio, batch.audio_mask)
+        losses = compute_loss(_float(out), t.model, t.cfg.objective, t.dist)
     t.opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
     loss_ok = t.guard.check(losses["loss"], t.model.parameters())
@@ -622,6 +642,38 @@ def train_step(t: Training, batch: tuple[int, int, Batch], autocast) -> dict[str
     t.state.epoch, t.state.batch_in_epoch = epoch, index + 1
     t.guard.record(t.state.step, losses, loss_ok)
     return losses
+
+
+def _float(out: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two padded batches (B, T1, ...) and (B, T2, ...) -> (2B, max T, ...), zero/False padded."""
+    t = max(a.shape[1], b.shape[1])
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == t:
+            return x
+        widths = [0, 0] * (x.dim() - 2) + [0, t - x.shape[1]]
+        return torch.nn.functional.pad(x, widths)
+
+    return torch.cat([pad(a), pad(b)])
+
+
+def forward_pair(net, primary: Batch, secondary: Batch) -> tuple[dict, dict]:
+    """The model on both instances of a quadruplet batch in ONE forward (one kernel launch per
+    layer, and DDP sees a single forward per step) -> (primary outputs, secondary outputs).
+    Padding beyond a clip's length is masked everywhere, so a clip's latents do not depend on
+    the other half's lengths."""
+    n = len(primary)
+    out = net(_cat_padded(primary.video, secondary.video), _cat_padded(primary.video_mask, secondary.video_mask),
+              _cat_padded(primary.audio, secondary.audio), _cat_padded(primary.audio_mask, secondary.audio_mask))
+    halves = ({}, {})
+    for k, v in out.items():
+        for h, part in zip(halves, (v[:n], v[n:]) if v.dim() and v.shape[0] == 2 * n else (v, v)):
+            h[k] = part
+    return halves
 
 
 def read_losses(t: Training) -> dict[str, float]:
@@ -657,7 +709,7 @@ def log_train_step(t: Training, values: dict[str, float], steps_per_s: float, ba
     """A train event (the step's losses, lr, temperatures, speed) to metrics.jsonl and the progress bar."""
     model, loss = t.model, values["loss"]
     event = {"event": "train", "step": t.state.step, "epoch": t.state.epoch, "loss": loss,
-             **{k: v for k, v in values.items() if k.endswith("_loss")},
+             **{k: v for k, v in values.items() if k.endswith("_loss") or "within_" in k},
              "lr": t.sched.get_last_lr()[0], "tau": math.exp(-float(model.logit_scale.detach())),
              "lambda": math.exp(float(model.log_lambda.detach())), "steps_per_s": steps_per_s}
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{event['lr']:.2e}", it_s=f"{steps_per_s:.1f}")

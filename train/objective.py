@@ -105,3 +105,62 @@ def _compute_loss_global(model_out: dict, model, obj_cfg: ObjectiveConfig, dist)
         d_cols = sequence_distance(obj_cfg, vs_all, vm_all, as_, am)  # (N, n): all videos vs my audio
         parts.update(losses.scav_loss(d_rows, log_lambda, obj_cfg.normalize, dist_a2v=d_cols, offset=offset))
     return _sum_losses(parts)
+
+
+def _gathered(out: dict, dist) -> dict:
+    """The whole (all-ranks) batch of a model output, with gradients (ddp.gather_*)."""
+    if dist is None or dist.world_size <= 1:
+        return out
+    from .ddp import gather_features, gather_sequences
+
+    g = dict(out)
+    g["video_emb"], g["audio_emb"] = gather_features(out["video_emb"]), gather_features(out["audio_emb"])
+    g["video_seq"], g["video_mask"] = gather_sequences(out["video_seq"], out["video_mask"])
+    g["audio_seq"], g["audio_mask"] = gather_sequences(out["audio_seq"], out["audio_mask"])
+    return g
+
+
+def compute_quad_loss(out_p: dict, out_s: dict, model, obj_cfg: ObjectiveConfig, dubs_cfg,
+                      dist=None) -> dict[str, torch.Tensor]:
+    """Named losses of a quadruplet batch (dubs paper Eq. 1-3) plus their sum in ``'loss'``.
+
+    ``out_p`` / ``out_s``: the model's outputs on the primary (v_p, a_p) and secondary
+    (v_s, a_s) instances of the same clips. CAV: pooled embeddings in Eq. 1's joint softmax;
+    SCAV: the same pairs through the trained sequence distance and the z-scored loss
+    (``scav.sequence.quadruplet``). cav+scav sums both (keys prefixed ``cav_`` / ``scav_``).
+
+    With DDP every rank computes the loss of the whole gathered batch: the all-gather's
+    backward sums the ranks' gradients for each slice (world_size x the full-batch
+    gradient) and DDP's average divides by world_size again, so the gradients equal one
+    process's on the concatenated batch. (The local-rows form of ``compute_loss`` does not
+    apply: Eq. 1's denominator holds a row and a column of the matrix.)
+    """
+    from scav.sequence import quadruplet
+
+    p, s = _gathered(out_p, dist), _gathered(out_s, dist)
+    logit_scale = out_p.get("logit_scale", model.logit_scale)
+    log_lambda = out_p.get("log_lambda", model.log_lambda)
+    weights = dict(cross=dubs_cfg.cross, lambda_v=dubs_cfg.lambda_v, lambda_a=dubs_cfg.lambda_a)
+    parts: dict[str, torch.Tensor] = {}
+    if obj_cfg.uses_cav:
+        got = quadruplet.cav_quadruplet_loss(p["video_emb"], p["audio_emb"], s["video_emb"], s["audio_emb"],
+                                             logit_scale, **weights)
+        parts.update({f"cav_{k}": v for k, v in got.items() if v.numel() == 1})
+    if obj_cfg.uses_scav:
+        def d(a: dict, ma: str, b: dict, mb: str) -> torch.Tensor:
+            return sequence_distance(obj_cfg, a[f"{ma}_seq"], a[f"{ma}_mask"], b[f"{mb}_seq"], b[f"{mb}_mask"])
+
+        within = {}
+        if dubs_cfg.lambda_v > 0:
+            within["d_vp_vs"] = d(p, "video", s, "video")
+        if dubs_cfg.lambda_a > 0:
+            within["d_ap_as"] = d(p, "audio", s, "audio")
+        cross = (d(p, "video", s, "audio"), d(s, "video", p, "audio")) if dubs_cfg.cross else (None, None)
+        got = quadruplet.scav_quadruplet_loss(*cross, log_lambda, obj_cfg.normalize, **within, **weights)
+        parts.update({f"scav_{k}": v for k, v in got.items() if v.numel() == 1})
+    out = _sum_losses(parts)
+    if not dubs_cfg.cross and dubs_cfg.lambda_v == 0:
+        # audio-only: no term reaches the video encoder. A zero-weighted term keeps it in the
+        # graph, so DDP (which expects a gradient for every parameter) and one process agree.
+        out["loss"] = out["loss"] + 0.0 * p["video_emb"].sum()
+    return out
