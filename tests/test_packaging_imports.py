@@ -19,11 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
-BASE_MODULES = ["scav.train.loop", "scav.train.cli", "scav.retrieve.cli", "scav.core.cache", "scav.core.loader"]
+BASE_MODULES = ["scav.train.loop", "scav.train.cli", "scav.retrieve.cli", "scav.core.cache", "scav.core.loader",
+                "scav.probe.cli", "scav.probe.pipeline"]
 EXTRA_ONLY = ["av", "transformers", "speechbrain", "torchaudio", "torchvision", "huggingface_hub",
               "dask", "distributed", "h5py", "decord"]  # fmt: skip
 # folders whose every import must be satisfied by the base install; files that belong to an extra
-BASE_DIRS = ["core", "sequence", "train", "retrieve", "scav"]
+BASE_DIRS = ["core", "sequence", "train", "retrieve", "scav", "probe"]
 NOT_BASE = {"core/hdf5.py": "hdf5", "scav/demo.py": "extract"}
 # import name -> distribution name, where they differ
 DIST = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "ot": "pot", "faiss": "faiss-cpu"}
