@@ -193,6 +193,7 @@ def _read_clip(g, name: str, path: Path) -> tuple[ClipInfo, np.ndarray, np.ndarr
                 index=info.tracks[j].index if j < len(info.tracks) else j,
                 language=info.tracks[j].language if j < len(info.tracks) else None,
                 n_steps=int(t.shape[0]),
+                original=info.tracks[j].original if j < len(info.tracks) else False,
             )
             for j, t in enumerate(tracks)
         ],

@@ -202,9 +202,10 @@ def format_identity_diff(diff: list[tuple[str, Any, Any]], old: str = "cache", n
     return "\n".join(f"  {k}: {old} {show(x)} | {new} {show(y)}" for k, x, y in diff)
 
 
-# Which audio track of a clip to read: an int j = the clip's j-th audio track (its
-# container's j-th audio stream, stored as ``audio/t<j>``; 0 = the original/first), or a
-# str = the first track whose container language tag equals it, case-insensitively (tags are
+# Which audio track of a clip to read: an int j = the clip's j-th audio track (the container's
+# audio streams first, then the manifest's track files; stored as ``audio/t<j>``; 0 = the first,
+# which is not always the original: ``ClipInfo.original_track``), or a
+# str = the first track whose language tag equals it, case-insensitively (tags are
 # compared as stored: ffmpeg writes ISO 639-2 codes, e.g. "spa", "eng").  Resolved per clip by
 # ``ClipInfo.track_index``; a clip without the selected track is an error, never a silent
 # fallback to another track (a mistyped language would otherwise train on the original audio).

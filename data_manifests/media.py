@@ -20,11 +20,30 @@ _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 @dataclass
 class AudioSpec:
-    """One audio stream to write: ``samples`` is (channels, n) float32 in [-1, 1]."""
+    """One audio stream to write: ``samples`` is (channels, n) float32 in [-1, 1].
+
+    ``original`` / ``dub`` set the stream's FFmpeg disposition (original-language
+    track / dubbed track); unset, the stream gets none (what files had before).
+    mp4 keeps only ``dub`` (and ``default``, written with ``original``) of these;
+    Matroska keeps both (measured with PyAV 18.1), hence the reading rule in
+    extract/decode.py.
+    """
 
     samples: np.ndarray
     sample_rate: int
     language: str | None = None
+    original: bool | None = None
+    dub: bool = False
+
+    def disposition(self):
+        """The ``av.stream.Disposition`` flags to write (0 = none)."""
+        from av.stream import Disposition
+
+        if self.original and self.dub:
+            raise ValueError("an audio stream cannot be both the original and a dub")
+        if self.original:
+            return Disposition.original | Disposition.default
+        return Disposition.dub if self.dub else Disposition(0)
 
 
 def write_media(
@@ -60,6 +79,9 @@ def write_media(
             vstream.pix_fmt = "yuv420p"
             # One encoder thread: x264's output depends on its thread count, and the
             # synthetic benchmark must be byte-identical for a seed on any machine.
+            # Measured (PyAV 18.1): 32x32 frames still give other bytes now and then in a
+            # process that decoded video before (8 concurrent runs: later sources differ;
+            # 64x64: 16/16 identical), so tests compare what goes in, not the mp4 bytes.
             vstream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
             if frame_times is not None:
                 vstream.codec_context.time_base = Fraction(1, 90000)
@@ -70,6 +92,9 @@ def write_media(
             s.layout = _LAYOUTS[channels]
             if spec.language:
                 s.metadata["language"] = spec.language
+            flags = spec.disposition()
+            if flags:
+                s.disposition = flags
             astreams.append(s)
 
         if vstream is not None:

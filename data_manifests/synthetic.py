@@ -24,11 +24,26 @@ for every clip of a source: mean-pooling loses exactly the onset times, which
 are what separate the clips; the sequences differ. Splits are by source (no
 source in two splits). The ground-truth onsets are written to ``events.json``.
 
+**Dubs** (``dub_languages``, e.g. ``("eng", "spa", "fra")``; empty = none, and
+then manifest, events and every frame and sample handed to the encoders are
+what they were before dubs existed): every
+source's mp4 carries one AAC stream per language, tagged with it; the first is
+the original (disposition ``original``), the others are dubs (``dub``). All
+tracks share every note sample for sample and differ only by a speech-like
+layer per language (``speech.py``: syllables at language-specific times and
+rates, ``speech_db`` below the notes). A small "mouth" at the bottom left of
+the frame is lit by the *original* language's speech envelope, as lips follow
+the original dialogue of a film; a dub's syllables fall elsewhere. Speech
+stays inside each clip (from one grid step after its start to one before its
+end), and its syllables are written to ``events.json``.
+
 Output (``out_dir``)::
 
     manifest.csv          clip_id,path,start,end,split,label,source
-    media/<source>.mp4    H.264 + AAC, one per source
-    events.json           {"config": ..., "clips": {clip_id: [onset seconds from clip start]}}
+    media/<source>.mp4    H.264 + AAC, one per source (one AAC stream per language with dubs)
+    events.json           {"config": ..., "clips": {clip_id: [onset seconds from clip start]},
+                           with dubs also "speech": {clip_id: {language: [[start, end], ...]}}}
+                          (speech: one [start, end) per syllable, seconds from the clip start)
 
 ``build_synthetic`` is deterministic for a config (seed included) and reuses
 an existing build with the same config.
@@ -41,12 +56,15 @@ import json
 import logging
 import math
 import os
+import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import speech
 from .manifest import ManifestRow, write_manifest
 from .media import AudioSpec, write_media
 
@@ -97,6 +115,9 @@ class SyntheticConfig:
     lead_seconds: float = 0.32  # silence before the first clip of a source
     tail_seconds: float = 0.48  # after the last clip (AAC end padding stays outside clips)
     crf: int = 18
+    # dubs (module docstring); the first language is the original. Empty: no speech, no mouth.
+    dub_languages: tuple[str, ...] = ()
+    speech_db: float = -6.0  # speech RMS over its syllables relative to the notes' RMS over the notes
 
     def validate(self) -> None:
         def check(ok: bool, msg: str) -> None:
@@ -129,6 +150,15 @@ class SyntheticConfig:
         check(n - (self.events_per_clip - 1) * (gap - 1) >= self.events_per_clip,
               f"{self.events_per_clip} events with {self.min_gap_seconds} s gaps do not fit in a "
               f"{self.clip_seconds} s clip")
+        check(isinstance(self.dub_languages, (tuple, list)), "dub_languages must be a tuple of language tags")
+        langs = list(self.dub_languages)
+        check(all(isinstance(x, str) and _LANGUAGE.match(x) for x in langs),
+              f"dub_languages must be language tags (letters, digits, '-', '_'), got {langs}")
+        check(len({x.lower() for x in langs}) == len(langs), f"dub_languages has a language twice: {langs}")
+        check(math.isfinite(self.speech_db) and self.speech_db < 0,
+              f"speech_db must be < 0 (speech quieter than the notes), got {self.speech_db}")
+        check(not langs or self.clip_seconds - 2 * self.grid_seconds >= 0.5,
+              "with dubs a clip needs >= 0.5 s between its first and last grid step for speech")
 
     @property
     def gap_slots(self) -> int:
@@ -143,7 +173,19 @@ class SyntheticConfig:
         return int(math.floor(last / self.grid_seconds + 1e-9))  # slots 1..n
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-ready fields. Without dubs the dub fields are left out: they change nothing then,
+        and a build from before dubs existed (events.json holds this dict) is still reused."""
+        d = dataclasses.asdict(self)
+        if not self.dub_languages:
+            for name in _DUB_FIELDS:
+                del d[name]
+        else:
+            d["dub_languages"] = list(self.dub_languages)
+        return d
+
+
+_DUB_FIELDS = ("dub_languages", "speech_db")
+_LANGUAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -292,12 +334,108 @@ def render_source(cfg: SyntheticConfig, plan: SourcePlan) -> tuple[np.ndarray, n
     return frames, wave[None, :].astype(np.float32)
 
 
+# -- dubs: a speech layer per language, a mouth that follows the original --------------------
+
+
+@dataclass
+class DubbedSource:
+    """One source rendered with dubs: the layers apart, so tests can check the mix."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8, the mouth lit by the original's speech
+    notes: np.ndarray  # (N,) float32: everything all tracks share (notes + noise floor)
+    speech: dict[str, np.ndarray]  # language -> (N,) float32 speech layer
+    syllables: dict[str, list[list[speech.Syllable]]]  # language -> per clip, times from the file start
+
+    def track(self, language: str) -> np.ndarray:
+        """(1, N) float32: the shared layer plus this language's speech."""
+        return (self.notes + self.speech[language])[None, :]
+
+
+def mouth_box(size: int) -> tuple[slice, slice]:
+    """(rows, cols) of the mouth: bottom left, clear of every instrument's object."""
+    return slice(int(0.78 * size), int(0.91 * size)), slice(int(0.06 * size), int(0.28 * size))
+
+
+_MOUTH_COLOUR = np.array([1.0, 0.55, 0.55])
+
+
+def plan_speech(cfg: SyntheticConfig, plan: SourcePlan, language: str) -> list[list[speech.Syllable]]:
+    """Per clip, the language's syllables (seconds from the file start), inside the clip's inner steps."""
+    voice = speech.voice_for(language)
+    out = []
+    for k in range(len(plan.clip_onsets)):
+        rng = np.random.default_rng([cfg.seed, plan.class_index, plan.source_index + 1, 4, k,
+                                     zlib.crc32(language.lower().encode())])
+        start = plan.clip_start(cfg, k)
+        out.append(speech.sample_syllables(rng, voice, start + cfg.grid_seconds,
+                                           start + cfg.clip_seconds - cfg.grid_seconds))
+    return out
+
+
+def span_mask(n: int, sample_rate: int, spans) -> np.ndarray:
+    """(n,) bool: samples inside any [start, end) s of ``spans``."""
+    mask = np.zeros(n, dtype=bool)
+    for start, end in spans:
+        mask[int(round(start * sample_rate)): int(round(end * sample_rate))] = True
+    return mask
+
+
+def _rms(x: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x[mask], dtype=np.float64)))) if mask.any() else 0.0
+
+
+def render_dubbed_source(cfg: SyntheticConfig, plan: SourcePlan) -> DubbedSource:
+    """:func:`render_source` plus a speech layer per language and the original's mouth.
+
+    Each language's layer is scaled so that its RMS over its syllables is
+    ``speech_db`` below the notes' RMS over the notes (a note decays, a
+    syllable is sustained: peaks would make speech the louder of the two).
+    """
+    frames, audio = render_source(cfg, plan)
+    n, sr = audio.shape[1], cfg.sample_rate
+    notes_rms = _rms(audio[0], span_mask(n, sr, [(t, t + cfg.note_seconds) for t in source_onsets(cfg, plan)]))
+    syllables = {lang: plan_speech(cfg, plan, lang) for lang in cfg.dub_languages}
+    layers = {}
+    for lang, per_clip in syllables.items():
+        flat = [s for clip in per_clip for s in clip]
+        raw = speech.render_speech(flat, n, sr)
+        raw_rms = _rms(raw, span_mask(n, sr, [(s.start, s.end) for s in flat]))
+        gain = 10.0 ** (cfg.speech_db / 20.0) * notes_rms / raw_rms if raw_rms > 0 else 0.0
+        layers[lang] = (gain * raw).astype(np.float32)
+    original = [s for clip in syllables[cfg.dub_languages[0]] for s in clip]
+    open_ = speech.speech_envelope(np.arange(len(frames)) / cfg.fps, original)  # (T,)
+    level = 0.1 + 0.85 * np.clip(open_, 0.0, 1.0)
+    frames = frames.copy()
+    rows, cols = mouth_box(cfg.frame_size)
+    frames[:, rows, cols] = np.round(level[:, None, None, None] * _MOUTH_COLOUR * 255).astype(np.uint8)
+    return DubbedSource(frames, audio[0], layers, syllables)
+
+
+def _clip_speech(cfg: SyntheticConfig, plan: SourcePlan, dub: DubbedSource, k: int) -> dict[str, list]:
+    start = plan.clip_start(cfg, k)
+    return {lang: [[round(s.start - start, 6), round(s.end - start, 6)] for s in syl[k]]
+            for lang, syl in dub.syllables.items()}
+
+
+def _write_source(cfg: SyntheticConfig, plan: SourcePlan, path: Path) -> DubbedSource | None:
+    """Render and write one source's mp4; the dubbed layers when there are dubs."""
+    if not cfg.dub_languages:
+        frames, audio = render_source(cfg, plan)
+        write_media(path, frames, fps=cfg.fps, audio=[AudioSpec(audio, cfg.sample_rate)], crf=cfg.crf)
+        return None
+    dub = render_dubbed_source(cfg, plan)
+    specs = [AudioSpec(dub.track(lang), cfg.sample_rate, lang, original=j == 0, dub=j > 0)
+             for j, lang in enumerate(cfg.dub_languages)]
+    write_media(path, dub.frames, fps=cfg.fps, audio=specs, crf=cfg.crf)
+    return dub
+
+
 def _config_matches(out_dir: Path, cfg: SyntheticConfig) -> bool:
     ev = out_dir / EVENTS_NAME
     if not (ev.is_file() and (out_dir / MANIFEST_NAME).is_file()):
         return False
-    try:
-        return json.loads(ev.read_text())["config"] == cfg.to_dict()
+    try:  # compared in JSON form (tuples were written as lists)
+        return json.loads(ev.read_text())["config"] == json.loads(json.dumps(cfg.to_dict()))
     except (ValueError, KeyError):
         return False
 
@@ -325,10 +463,10 @@ def build_synthetic(
     plans = plan_sources(cfg)
     rows: list[ManifestRow] = []
     events: dict[str, list[float]] = {}
+    speech_events: dict[str, dict[str, list]] = {}
     for i, plan in enumerate(plans):
         rel = f"{MEDIA_DIR}/{plan.name}.mp4"
-        frames, audio = render_source(cfg, plan)
-        write_media(out_dir / rel, frames, fps=cfg.fps, audio=[AudioSpec(audio, cfg.sample_rate)], crf=cfg.crf)
+        dub = _write_source(cfg, plan, out_dir / rel)
         for k, onsets in enumerate(plan.clip_onsets):
             start = plan.clip_start(cfg, k)
             clip_id = f"{plan.name}-c{k:02d}"
@@ -344,10 +482,15 @@ def build_synthetic(
                 )
             )
             events[clip_id] = list(onsets)
+            if dub is not None:
+                speech_events[clip_id] = _clip_speech(cfg, plan, dub, k)
         if progress is not None:
             progress(i + 1, len(plans))
     tmp = out_dir / (EVENTS_NAME + ".tmp")
-    tmp.write_text(json.dumps({"config": cfg.to_dict(), "clips": events}, indent=1))
+    doc = {"config": cfg.to_dict(), "clips": events}
+    if cfg.dub_languages:
+        doc["speech"] = speech_events
+    tmp.write_text(json.dumps(doc, indent=1))
     write_manifest(rows, manifest)
     os.replace(tmp, out_dir / EVENTS_NAME)
     log.info("synthetic benchmark: %d clips from %d sources in %s", len(rows), len(plans), out_dir)
@@ -357,6 +500,12 @@ def build_synthetic(
 def load_events(out_dir: str | os.PathLike) -> dict[str, list[float]]:
     """Ground-truth onsets per clip (seconds from the clip start)."""
     return json.loads((Path(out_dir) / EVENTS_NAME).read_text())["clips"]
+
+
+def load_speech(out_dir: str | os.PathLike) -> dict[str, dict[str, list[list[float]]]]:
+    """Ground-truth syllables: {clip_id: {language: [[start, end], ...]}}, seconds from the clip
+    start; {} for a build without dubs."""
+    return json.loads((Path(out_dir) / EVENTS_NAME).read_text()).get("speech", {})
 
 
 # ---------------------------------------------------------------------------

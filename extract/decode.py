@@ -37,6 +37,17 @@ Rules (the contract the runner and the cache rely on):
   FFmpeg), so a 10 s clip gives exactly 160000 samples. Samples missing at the
   edges (a stream that starts late or is truncated) are zero-filled only within
   that nominal extent.
+- Original track: a stream whose FFmpeg disposition has ``original`` is the
+  original-language track; if none has it, the first stream not flagged ``dub``
+  (so a file without dispositions: its first stream; an mp4, which keeps ``dub``
+  but drops ``original`` on writing: its undubbed stream); all dubs: none.
+- Tracks in separate files (``extra_audio``, the manifest's ``audio_tracks``):
+  each file's first audio stream, decoded like the container's over the range
+  actually decoded (times from that file's own start: a dub is assumed to start
+  with the video), appended after the container's streams with the tag given.
+  A file track marked original overrides the container's flags (the manifest is
+  the explicit statement). A missing or unreadable file -> ``open``; no audio
+  stream or a file ending before the range -> ``decode-audio``/``range``.
 - Failures raise ``DecodeError(stage, reason)``; no raw FFmpeg traceback
   escapes for a bad file. Stages: ``open``, ``decode-video``, ``decode-audio``,
   ``range``.
@@ -48,6 +59,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +69,9 @@ log = logging.getLogger(__name__)
 
 AUDIO_RATE = 16000
 _EPS = 1e-6  # seconds; pts resolution is >= 1/90000 s, far coarser
+# FFmpeg's AV_DISPOSITION_* bits (stable ABI; av.stream.Disposition from PyAV 13 has the same values)
+_DISPOSITION_DUB = 0x2
+_DISPOSITION_ORIGINAL = 0x4
 
 
 class DecodeError(Exception):
@@ -70,12 +85,22 @@ class DecodeError(Exception):
 
 @dataclass
 class DecodedAudio:
-    """One audio stream of the container: ``samples`` (N,) float32 mono in [-1, 1]."""
+    """One audio track of the clip: ``samples`` (N,) float32 mono in [-1, 1]."""
 
     samples: np.ndarray
-    index: int  # position among the container's audio streams (0 = first)
+    index: int  # position among the clip's audio tracks (container streams first, then extra files)
     language: str | None = None
     sample_rate: int = AUDIO_RATE
+    original: bool = False  # the original-language track (rule in the module docstring)
+
+
+@dataclass(frozen=True)
+class TrackSource:
+    """An audio track in a file of its own: its first audio stream, tagged ``language``."""
+
+    path: str
+    language: str | None = None
+    original: bool = False
 
 
 @dataclass
@@ -100,6 +125,7 @@ def decode_clip(
     max_side: int | None = None,
     threads: int | None = None,
     alloc_frames=None,
+    extra_audio: Sequence[TrackSource] = (),
 ) -> DecodedClip:
     """Decode video frames with pts in [start, end) and every audio stream of that range.
 
@@ -111,6 +137,7 @@ def decode_clip(
     alloc_frames: ``(shape, dtype) -> array`` giving the (T, H, W, 3) array the
     frames are stacked into (e.g. a view of shared memory, saving one copy of
     the largest array); default a new numpy array.
+    extra_audio: tracks in separate files, appended after the container's streams.
     """
     import av
 
@@ -119,18 +146,77 @@ def decode_clip(
         raise DecodeError("open", f"file not found: {path}")
     if path.stat().st_size == 0:
         raise DecodeError("open", f"empty file (0 bytes): {path}")
+    for src in extra_audio:  # before decoding anything: a missing dub costs no video decode
+        if not Path(src.path).is_file():
+            raise DecodeError("open", f"{_describe(src)}: file not found")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:
         raise DecodeError("open", f"cannot open container: {e}") from None
     try:
-        return _decode_open(container, start, end, audio_rate, max_side, threads, alloc_frames)
+        clip = _decode_open(container, start, end, audio_rate, max_side, threads, alloc_frames)
     except DecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
         raise DecodeError("decode-video", f"{type(e).__name__}: {e}") from None
     finally:
         container.close()
+    n_own = len(clip.audio)
+    for src in extra_audio:
+        clip.audio.append(_decode_track_file(src, len(clip.audio), clip.start, clip.end, audio_rate))
+    if any(src.original for src in extra_audio):  # the manifest's mark overrides the container's flags
+        for a in clip.audio[:n_own]:
+            a.original = False
+    return clip
+
+
+def original_flags(dispositions: Sequence[tuple[bool, bool]]) -> list[bool]:
+    """Which of a container's audio streams is the original, from each one's (original, dub) flags.
+
+    Streams flagged original; if none is, the first not flagged dub; all dubs: none.
+    """
+    flagged = [orig for orig, _ in dispositions]
+    if any(flagged):
+        return flagged
+    first = next((k for k, (_, dub) in enumerate(dispositions) if not dub), None)
+    return [k == first for k in range(len(dispositions))]
+
+
+def _dispositions(container) -> list[tuple[bool, bool]]:
+    bits = [int(getattr(s, "disposition", 0) or 0) for s in container.streams.audio]
+    return [(bool(b & _DISPOSITION_ORIGINAL), bool(b & _DISPOSITION_DUB)) for b in bits]
+
+
+def _describe(src: TrackSource) -> str:
+    return f"audio track {src.language!r} ({src.path})" if src.language else f"audio track ({src.path})"
+
+
+def _decode_track_file(src: TrackSource, index: int, lo: float, hi: float, rate: int) -> DecodedAudio:
+    """The first audio stream of ``src`` over [lo, hi) s (the clip's decoded range), as track ``index``."""
+    import av
+
+    what = _describe(src)
+    path = Path(src.path)
+    if not path.is_file():
+        raise DecodeError("open", f"{what}: file not found")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise DecodeError("open", f"{what}: cannot open: {e}") from None
+    try:
+        if not container.streams.audio:
+            raise DecodeError("decode-audio", "no audio stream")
+        origin = (container.start_time or 0) / 1e6
+        track = _decode_audio(container, 0, origin, lo, hi, rate)
+    except DecodeError as e:
+        raise DecodeError(e.stage, f"{what}: {e.reason}") from None
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
+        raise DecodeError("decode-audio", f"{what}: {type(e).__name__}: {e}") from None
+    finally:
+        container.close()
+    if len(track.samples) == 0:
+        raise DecodeError("range", f"{what}: the file ends before the clip's range [{lo:g}, {hi:g}) s")
+    return DecodedAudio(track.samples, index, src.language, rate, src.original)
 
 
 def _decode_open(container, start, end, audio_rate, max_side, threads=None, alloc_frames=None) -> DecodedClip:
@@ -166,6 +252,8 @@ def _decode_open(container, start, end, audio_rate, max_side, threads=None, allo
         _decode_audio(container, k, origin, lo, hi, audio_rate)
         for k in range(len(container.streams.audio))
     ]
+    for track, original in zip(tracks, original_flags(_dispositions(container))):
+        track.original = original
     shape = (len(frames), *frames[0].shape)
     stacked = np.stack(frames, out=alloc_frames(shape, np.uint8)) if alloc_frames else np.stack(frames)
     del frames

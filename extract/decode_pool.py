@@ -83,6 +83,11 @@ def decode_row(row: ManifestRow, media_root: Path, decode: Callable | None = Non
             return Failure(row.clip_id, "open", f"is a directory, not a media file: {path}", row.path)
         if path.is_file() and path.stat().st_size == 0:
             return Failure(row.clip_id, "open", "file is empty (0 bytes)", row.path)
+        if row.audio_tracks:  # only then: decoders that predate the keyword keep working
+            from .decode import TrackSource
+
+            decode_kw["extra_audio"] = [TrackSource(str(t.resolve(media_root)), t.language, t.original)
+                                        for t in row.audio_tracks]
         clip = decode(str(path), row.start, row.end, **decode_kw)
     except Exception as e:  # any per-clip error becomes a record, never a crash
         log.debug("decode failed for %s", row.clip_id, exc_info=True)

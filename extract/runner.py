@@ -196,7 +196,8 @@ def _make_record(row: ManifestRow, clip, video, audio: list, split: str) -> Clip
     for a, feats in zip(clip.audio, audio):
         if feats.ndim != 2:
             raise ValueError(f"audio encoder returned shape {feats.shape}")
-        tracks.append(AudioTrack(index=int(a.index), language=a.language, n_steps=len(feats)))
+        tracks.append(AudioTrack(index=int(a.index), language=a.language, n_steps=len(feats),
+                                 original=bool(a.original)))
     if len(audio[0]) == 0:
         raise ValueError(f"audio too short for one step ({len(clip.audio[0].samples)} samples at 16 kHz)")
     info = ClipInfo(

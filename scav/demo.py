@@ -194,9 +194,15 @@ def _train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
 
 def stage_train(cfg: DemoConfig, cache: Path, run_dir: Path, kind: str, console) -> Path:
     """Train one model, or reuse ``averaged.pt`` of a finished run with the same config."""
+    return stage_train_config(_train_config(cfg, cache, run_dir, kind), console)
+
+
+def stage_train_config(tcfg, console) -> Path:
+    """Train ``tcfg`` (a TrainConfig), or reuse ``averaged.pt`` of a finished run with the same
+    config in ``tcfg.out``; resume an interrupted one."""
     from scav.train.loop import run
 
-    tcfg = _train_config(cfg, cache, run_dir, kind)
+    run_dir, kind = Path(tcfg.out), tcfg.objective.kind
     done = run_dir / "averaged.pt"
     saved = run_dir / "config.json"
     same = saved.is_file() and json.loads(saved.read_text()) == json.loads(json.dumps(tcfg.to_dict()))
@@ -420,11 +426,23 @@ def main_command(
     beats_ckpt: Optional[Path] = typer.Option(None, "--beats-ckpt", help="BEATs iter3+ AS2M checkpoint (with --clip-weights)."),
     steps: int = typer.Option(DemoConfig.steps, "--steps", help="Training steps per model."),
     threads: int = typer.Option(DemoConfig.threads, "--threads", help="torch CPU threads."),
+    dubs: bool = typer.Option(False, "--dubs", help="The second paper's demo instead: synthetic clips with three language tracks, dub-augmented vs monolingual training, track invariance and retrieval per track (under OUT/dubs; stand-in encoders)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
     version: bool = VERSION_OPTION,
 ) -> None:
     """Run the SCAV demo on the synthetic benchmark and print the comparison table."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if dubs:
+        from .demo_dubs import DubsDemoConfig
+        from .demo_dubs import run as run_dubs
+
+        if clip_weights or beats_ckpt:
+            typer.echo("error: --dubs runs on stand-in encoders only", err=True)
+            raise typer.Exit(code=2)
+        if fresh and (out / "dubs").exists():
+            shutil.rmtree(out / "dubs")
+        run_dubs(DubsDemoConfig(out=str(out), seed=seed, steps=steps, threads=threads))
+        return
     cfg = DemoConfig(out=str(out), seed=seed, fresh=fresh, steps=steps, threads=threads,
                      clip_weights=str(clip_weights) if clip_weights else None,
                      beats_ckpt=str(beats_ckpt) if beats_ckpt else None)
