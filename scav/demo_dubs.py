@@ -19,13 +19,13 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LANGUAGES = ("eng", "spa", "fra")  # the first is the original
-VARIANTS = {"monolingual": "monolingual control", "multilingual": "dub-augmented (multilingual)"}
+VARIANTS = {"monolingual": "monolingual", "multilingual": "dub-augmented"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class DubsDemoConfig:
     interp: str = "post"
     resample: str = "audio"
     probe_epochs: int = 60
+    data: dict = field(default_factory=dict)  # SyntheticConfig overrides (tests: a tiny set)
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.threads < 1:
@@ -61,7 +62,7 @@ class DubsDemoConfig:
 def synthetic_config(cfg: DubsDemoConfig):
     from scav.data_manifests.synthetic import SyntheticConfig
 
-    return SyntheticConfig(seed=cfg.seed, dub_languages=LANGUAGES)
+    return SyntheticConfig(**{**cfg.data, "seed": cfg.seed, "dub_languages": LANGUAGES})
 
 
 def train_config(cfg: DubsDemoConfig, cache: Path, out: Path, variant: str):
@@ -104,7 +105,8 @@ def probe_model(cfg: DubsDemoConfig, cache: Path, ckpt: Path) -> dict:
 
 
 def summary_rows(evals: dict[str, dict]) -> list[dict]:
-    """One row per (model, query track): invariance (dubs only) and R@1 in both directions."""
+    """One row per (model, query track): invariance of the dubs (pooled and sequence space)
+    and R@1 of cross-modal retrieval in both directions."""
     rows = []
     for variant, ev in evals.items():
         tracks = {LANGUAGES[0]: {"retrieval": ev["retrieval_reference"]}, **ev["tracks"]}
@@ -112,7 +114,8 @@ def summary_rows(evals: dict[str, dict]) -> list[dict]:
             ret = t["retrieval"]
             rows.append({
                 "model": VARIANTS[variant], "query_track": lang,
-                "invariance": t.get("invariance"), "track_R@1": t.get("track_R@1"),
+                **{f"{space}_{k}": t[space][k] if space in t else None
+                   for space in ("agg", "seq") for k in ("invariance", "track_R@1")},
                 **{f"{m}_{d}_R@1": ret[m][d]["R@1"] for m in ("agg", "seq") for d in ("a2v", "v2a")},
             })
     return rows
@@ -122,13 +125,18 @@ def render(rows: list[dict], title: str):
     from rich.table import Table
 
     table = Table(title=title)
-    cols = ("model", "query track", "invariance", "track R@1 %", "agg A->V", "agg V->A", "seq A->V", "seq V->A")
+    cols = {"model": None, "query": "query_track", "invariance seq": "seq_invariance",
+            "invariance agg": "agg_invariance", "track R@1 seq": "seq_track_R@1", "seq A->V": "seq_a2v_R@1",
+            "seq V->A": "seq_v2a_R@1", "agg A->V": "agg_a2v_R@1", "agg V->A": "agg_v2a_R@1"}
     for c in cols:
-        table.add_column(c, justify="left" if c in ("model", "query track") else "right")
-    fmt = lambda v, p=1: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        table.add_column(c, justify="left" if c in ("model", "query") else "right")
     for r in rows:
-        table.add_row(r["model"], r["query_track"], fmt(r["invariance"], 3), fmt(r["track_R@1"]),
-                      fmt(r["agg_a2v_R@1"]), fmt(r["agg_v2a_R@1"]), fmt(r["seq_a2v_R@1"]), fmt(r["seq_v2a_R@1"]))
+        cells = [r["model"]]
+        for c, key in list(cols.items())[1:]:
+            v = r[key]
+            cells.append(v if isinstance(v, str) else "-" if v is None
+                         else f"{v:.3f}" if "invariance" in key else f"{v:.1f}")
+        table.add_row(*cells)
     return table
 
 
@@ -143,18 +151,18 @@ def plot(rows: list[dict], path: Path, stand_in: bool) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     width = 0.8 / len(models)
     dubs = LANGUAGES[1:]
+    panels = ((axes[0], "seq_invariance", dubs, "track invariance, sequence distance\n(1 = dub on its original, "
+                                                "0 = as far as another clip of the source)"),
+              (axes[1], "agg_invariance", dubs, "track invariance, pooled embeddings"),
+              (axes[2], "seq_a2v_R@1", LANGUAGES, "A->V R@1 % (seq), query = each track"))
     for mi, m in enumerate(models):
         mine = {r["query_track"]: r for r in rows if r["model"] == m}
-        x = np.arange(len(dubs)) + mi * width
-        axes[0].bar(x, [mine[t]["invariance"] for t in dubs], width, label=m)
-        axes[1].bar(x, [mine[t]["track_R@1"] for t in dubs], width, label=m)
-        xs = np.arange(len(LANGUAGES)) + mi * width
-        axes[2].bar(xs, [mine[t]["seq_a2v_R@1"] for t in LANGUAGES], width, label=m)
-    axes[0].set_title("track invariance (1 = dub on its original)")
-    axes[1].set_title("dub finds its own clip among its source (R@1 %)")
-    axes[2].set_title("A->V R@1 % (seq), query = each track")
-    for ax, ticks in ((axes[0], dubs), (axes[1], dubs), (axes[2], LANGUAGES)):
-        ax.set_xticks(np.arange(len(ticks)) + width * (len(models) - 1) / 2, [f"{t}" for t in ticks])
+        for ax, key, ticks, _ in panels:
+            ax.bar(np.arange(len(ticks)) + mi * width, [mine[t][key] for t in ticks], width, label=m)
+    for ax, _, ticks, title in panels:
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(np.arange(len(ticks)) + width * (len(models) - 1) / 2, list(ticks))
+        ax.axhline(0, color="k", lw=0.6)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     note = " (stand-in encoders: parameter-free features, not CLIP/BEATs)" if stand_in else ""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scav.retrieve.invariance import invariance_scores
+from scav.retrieve.invariance import invariance_from_distances, invariance_scores, sequence_distances
 
 
 def naive(original, dub, sources):
@@ -53,3 +53,40 @@ def test_hand_worked_extremes():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shapes differ"):
         invariance_scores(np.zeros((3, 2)), np.zeros((2, 2)), ["a"] * 3)
+
+
+def test_from_distances_equals_a_naive_loop_on_any_distance():
+    rng = np.random.default_rng(4)
+    n = 17
+    sources = [f"s{i % 4}" for i in range(n)]
+    d_to, d_oo = rng.uniform(0, 2, (n, n)), rng.uniform(0, 2, (n, n))
+    d_to[3, 3] = d_to[3, 7]  # a tie with a same-source clip (7 = 3 + 4): counts as a miss
+    got = invariance_from_distances(d_to, d_oo, sources)
+    own = np.mean([d_to[i, i] for i in range(n)])
+    peers = {i: [j for j in range(n) if j != i and sources[j] == sources[i]] for i in range(n)}
+    src = np.mean([np.mean([d_oo[i, j] for j in peers[i]]) for i in range(n)])
+    hits = [all(d_to[i, i] < d_to[i, j] for j in peers[i]) for i in range(n)]
+    assert got["own_distance"] == pytest.approx(own) and got["source_distance"] == pytest.approx(src)
+    assert got["invariance"] == pytest.approx(1 - own / src)
+    assert got["track_R@1"] == pytest.approx(100 * np.mean(hits)) and not hits[3]
+
+
+def test_sequence_distances_use_the_models_distance():
+    import torch
+
+    from scav.retrieve.search import Latents
+    from scav.sequence.spec import DistanceSpec
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 5, 4])
+    mask = torch.arange(5)[None] < lengths[:, None]
+    a = Latents.from_padded(torch.randn(3, 5, 4, generator=g) * mask[..., None], mask)
+    b = Latents.from_padded(torch.randn(3, 5, 4, generator=g) * mask[..., None], mask)
+    spec = DistanceSpec("euclidean", resample="audio")
+    got = sequence_distances(spec, a, b)
+    xa, ma = a.take(np.arange(3))
+    xb, mb = b.take(np.arange(3))
+    for i in range(3):
+        for j in range(3):
+            want = spec.matrix(xa[i:i + 1], ma[i:i + 1], xb[j:j + 1], mb[j:j + 1])
+            assert got[i, j] == pytest.approx(float(want), rel=1e-5)
