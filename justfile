@@ -11,7 +11,7 @@ default:
     @just --list
 
 # what `setup` installs: every stage the demo and the tests use (base alone = train/retrieve from a cache)
-extras := "extract,distributed,hdf5,test"
+extras := "extract,distributed,hdf5,dub,test"
 
 # create .venv and install SCAV with the extras above (skipped when pyproject.toml is unchanged)
 setup:
