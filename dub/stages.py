@@ -133,6 +133,11 @@ class Matcher(Protocol):
     def match(self, audio: Audio, reference: Audio) -> Audio: ...
 
 
+# Per-file context: a stage that needs to know which media it is working on (the synthetic
+# build's known stems and script) has ``for_media(info) -> bound stage``; the pipeline calls
+# it once per media file (``dub.pipeline.bind_stages``) and uses what it returns.
+
+
 @dataclass
 class Stages:
     """The stage implementations one run uses (``dub.pipeline`` builds them from options)."""

@@ -558,3 +558,27 @@ def test_real_default_chain_end_to_end_and_cli_equals_run(build, tmp_path, real_
         y = [t.samples for t in decode_clip(tmp_path / "cli" / "media" / "media" / name).audio]
         for a, b in zip(x, y):
             np.testing.assert_array_equal(a, b)
+
+
+def test_dubbed_media_train_a_dub_augmented_model(dubbed, tmp_path):
+    """The issue's chain: scav-dub output -> scav-extract (every track) -> scav-train --dubs."""
+    from scav.extract.runner import ExtractConfig
+    from scav.extract.runner import run as extract
+    from scav.train.config import DubsConfig, ModelConfig, ObjectiveConfig, TrainConfig
+    from scav.train.loop import run as train
+
+    out, _, _ = dubbed
+    s = extract(ExtractConfig(manifest=out / "manifest.csv", out=tmp_path / "f.zarr", progress=False,
+                              decode_workers=0))
+    assert s["extracted"] == 4 and s["failed"] == 0
+    cfg = TrainConfig(cache=str(tmp_path / "f.zarr"), out=str(tmp_path / "run"), val_clips=0, steps=3, batch_size=2,
+                      warmup_steps=1, log_every=1, val_every=3, device="cpu", same_source_fraction=0.5,
+                      model=ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16,
+                                        audio_mlp_hidden=16),
+                      objective=ObjectiveConfig(kind="scav", interp="post", resample="audio"),
+                      dubs=DubsConfig(variant="multilingual", window=1.5, lambda_a=0.5))
+    summary = train(cfg)
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
+    events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [e for e in events if e["event"] == "train"][-1]
+    assert "scav_quad_loss" in last and "scav_within_audio_loss" in last
