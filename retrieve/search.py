@@ -593,6 +593,45 @@ def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, un
     return out
 
 
+def rerank_distances(
+    queries: Latents,
+    candidates: Latents,
+    direction: str,
+    distance: DistanceSpec,
+    topk: torch.Tensor,
+    cfg: SearchConfig,
+) -> torch.Tensor:
+    """Sequence distances (Q, k) float32 of each query to its own k candidates ``topk`` (Q, k)
+    (any queries: no query <-> candidate pairing), by the machinery of :func:`hybrid_rerank`
+    (same block sizes, same mode choice, hence the same values): only the candidates named
+    are read from the store."""
+    n_q, k = topk.shape
+    euclidean = distance.name == "euclidean"
+    if cfg.rerank == "sampled" and not euclidean:
+        raise ValueError(f"rerank='sampled' needs the interpolated Euclidean, not {distance.name}")
+    out = torch.empty((n_q, k), dtype=torch.float32)
+    if n_q == 0 or k == 0:
+        return out
+    row_bytes = max(int(candidates.lengths.max()), int(queries.lengths.max())) * candidates.dim * 4
+    gather_sub = max(1, (cfg.rerank_budget_mb << 20) // max(1, row_bytes * k * 3))
+    q_block, c_chunk = seq_blocks(queries, candidates, cfg)
+    for qa, qb in _chunks(n_q, q_block):
+        idx = topk[qa:qb]
+        union = torch.unique(idx)
+        mode = cfg.rerank
+        if mode == "auto":
+            dense_wins = (qb - qa) * len(union) < _SAMPLED_DOT_COST * idx.numel()
+            mode = ("union" if dense_wins else "sampled") if euclidean else "gather"
+        if mode == "gather":
+            out[qa:qb] = torch.cat([
+                _rerank_gather(queries, candidates, direction, distance, sa, min(sa + gather_sub, qb), topk, cfg).float().cpu()
+                for sa in range(qa, qb, gather_sub)
+            ])
+        else:
+            out[qa:qb] = _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode, c_chunk)
+    return out
+
+
 @dataclass
 class DirectionResult:
     ranks: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> (Q,) ranks
