@@ -206,8 +206,9 @@ class WhisperTranscriber:
 
     RATE = 16000
     WINDOW = 30.0  # s: Whisper's input length
-    HINT = ("save a Whisper model there first, e.g. on a machine with the hub: WhisperProcessor and "
-            "WhisperForConditionalGeneration .from_pretrained('openai/whisper-small').save_pretrained(DIR)")
+    HINT = ("save a Whisper model there first: transformers' save_pretrained of the model and its processor "
+            "(config.json, weights, tokenizer and preprocessor files) on a machine that has them, then copy "
+            "the folder here; SCAV never downloads it")
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", max_new_tokens: int = 128,
                  batch_size: int = 8):

@@ -218,9 +218,9 @@ class SeamlessTranslator:
     """
 
     _CLASSES = {"seamless_m4t": "SeamlessM4TForTextToText", "seamless_m4t_v2": "SeamlessM4Tv2ForTextToText"}
-    HINT = ("save a SeamlessM4T model there first, e.g. on a machine with the hub: "
-            "AutoProcessor.from_pretrained('facebook/seamless-m4t-v2-large').save_pretrained(DIR) and "
-            "SeamlessM4Tv2ForTextToText.from_pretrained(...).save_pretrained(DIR)")
+    HINT = ("save a SeamlessM4T model there first: transformers' save_pretrained of a SeamlessM4T (v1 or v2) "
+            "text-to-text model and its processor on a machine that has them, then copy the folder here; "
+            "SCAV never downloads it")
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", max_new_tokens: int = 256):
         path = local_model_dir(model_dir, "SeamlessM4T model", self.HINT, stage=STAGE)
