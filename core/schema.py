@@ -212,10 +212,16 @@ def format_identity_diff(diff: list[tuple[str, Any, Any]], old: str = "cache", n
 TrackSelector = int | str
 
 
+def is_track_selector(track: Any) -> bool:
+    """Whether ``track`` is a valid selector: an int >= 0 (not a bool) or a non-empty str."""
+    if isinstance(track, bool):
+        return False
+    return (isinstance(track, int) and track >= 0) or (isinstance(track, str) and bool(track.strip()))
+
+
 def check_track_selector(track: TrackSelector) -> TrackSelector:
     """``track`` if it is a valid selector (int >= 0 or a non-empty str), else CacheError."""
-    if isinstance(track, bool) or not isinstance(track, (int, str)) or (isinstance(track, int) and track < 0) or (
-            isinstance(track, str) and not track.strip()):
+    if not is_track_selector(track):
         raise CacheError(f"audio track must be an index >= 0 or a language tag, got {track!r}")
     return track
 

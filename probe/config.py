@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scav.core.device import check_device_name
+from scav.core.schema import is_track_selector
 
 MODALITIES = ("audio", "video", "both")
 PROBES = ("linear", "mlp")
@@ -80,9 +81,7 @@ class ProbeConfig:
             # val picks the epoch and test reports it: the same clips in two roles would hide overfitting
             raise ValueError(f"train, val and test splits must differ, got {splits}")
         check_device_name(self.device)
-        if isinstance(self.audio_track, bool) or not (
-                (isinstance(self.audio_track, int) and self.audio_track >= 0)
-                or (isinstance(self.audio_track, str) and self.audio_track.strip())):
+        if not is_track_selector(self.audio_track):
             raise ValueError(f"audio_track must be an index >= 0 or a language tag, got {self.audio_track!r}")
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from scav.core.device import check_device_name
+from scav.core.schema import is_track_selector
 
 SEARCH_METHODS = ("agg", "seq", "hybrid")
 METHOD_CHOICES = (*SEARCH_METHODS, "all")
@@ -63,9 +64,7 @@ class RetrieveConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
-        if isinstance(self.audio_track, bool) or not (
-                (isinstance(self.audio_track, int) and self.audio_track >= 0)
-                or (isinstance(self.audio_track, str) and self.audio_track.strip())):
+        if not is_track_selector(self.audio_track):
             raise ValueError(f"audio_track must be an index >= 0 or a language tag, got {self.audio_track!r}")
 
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scav.core.device import check_device_name
+from scav.core.schema import is_track_selector
 
 OBJECTIVES = ("cav", "scav", "cav+scav")
 DISTANCES = ("euclidean", "soft_dtw", "wasserstein")
@@ -224,9 +225,7 @@ class TrainConfig:
         _check(bool(self.cache), "cache path is empty")
         _check(bool(self.out), "out folder is empty")
         _check(
-            not isinstance(self.audio_track, bool) and (
-                (isinstance(self.audio_track, int) and self.audio_track >= 0)
-                or (isinstance(self.audio_track, str) and bool(self.audio_track.strip()))),
+            is_track_selector(self.audio_track),
             f"audio_track must be an index >= 0 or a language tag, got {self.audio_track!r}",
         )
         _check(self.val_clips >= 0, f"val_clips must be >= 0, got {self.val_clips}")
