@@ -93,7 +93,7 @@ class Stages:
         return result
 
 
-def _synthetic_config(cfg: DemoConfig):
+def synthetic_config(cfg: DemoConfig):
     from scav.data_manifests.synthetic import SyntheticConfig
 
     return SyntheticConfig(**{**cfg.data, "seed": cfg.seed})
@@ -104,7 +104,7 @@ def stage_generate(cfg: DemoConfig, out: Path) -> Path:
 
     from scav.data_manifests.synthetic import build_synthetic
 
-    scfg = _synthetic_config(cfg)
+    scfg = synthetic_config(cfg)
     n_sources = scfg.classes * scfg.sources_per_class
     with tqdm(total=n_sources, unit="source", desc="generate", dynamic_ncols=True) as bar:
         manifest = build_synthetic(out / "data", scfg, progress=lambda done, total: bar.update(done - bar.n))
@@ -179,7 +179,7 @@ def oracle_check(cache_path: Path, split: str = "test") -> dict | None:
     }
 
 
-def _train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
+def train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
     from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 
     return TrainConfig(
@@ -194,7 +194,7 @@ def _train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
 
 def stage_train(cfg: DemoConfig, cache: Path, run_dir: Path, kind: str, console) -> Path:
     """Train one model, or reuse ``averaged.pt`` of a finished run with the same config."""
-    return stage_train_config(_train_config(cfg, cache, run_dir, kind), console)
+    return stage_train_config(train_config(cfg, cache, run_dir, kind), console)
 
 
 def stage_train_config(tcfg, console) -> Path:
@@ -404,7 +404,7 @@ def run(cfg: DemoConfig, console=None) -> dict:
         "stage_seconds": st.seconds,
         "total_seconds": round(time.perf_counter() - t_all, 1),
         "demo_config": {**dataclasses.asdict(cfg), "ks": list(cfg.ks), "table_ks": list(cfg.table_ks)},
-        "data_config": _synthetic_config(cfg).to_dict(),
+        "data_config": synthetic_config(cfg).to_dict(),
         "extract": {k: extract[k] for k in ("requested", "already_present", "extracted", "seconds")},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

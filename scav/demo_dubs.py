@@ -19,8 +19,12 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from .demo import DemoConfig
+from .demo import synthetic_config as demo_synthetic_config
+from .demo import train_config as demo_train_config
 
 log = logging.getLogger(__name__)
 
@@ -29,55 +33,33 @@ VARIANTS = {"monolingual": "monolingual", "multilingual": "dub-augmented"}
 
 
 @dataclass(frozen=True)
-class DubsDemoConfig:
-    """Sizes measured to fit the brief's 15 minutes on 2 CPU cores (docs/demo.md)."""
+class DubsDemoConfig(DemoConfig):
+    """The pair demo's sizes and training recipe (:class:`~scav.demo.DemoConfig`) plus the
+    dubs options; measured to fit the brief's 15 minutes on 2 CPU cores."""
 
-    out: str = "demo_out"
-    seed: int = 0
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    val_clips: int = 40
-    val_every: int = 50
-    threads: int = 2
     window: float = 3.0  # seconds per quadruplet instance (paper: 3 s)
     same_source_fraction: float = 0.125  # paper, Appendix A: 1/8 of each batch from one source
     mask_fraction: float = 0.0
-    c: int = 128
-    video_layers: int = 2
-    audio_layers: int = 1
-    heads: int = 4
-    mlp_hidden: int = 256
-    interp: str = "post"
-    resample: str = "audio"
     probe_epochs: int = 60
-    data: dict = field(default_factory=dict)  # SyntheticConfig overrides (tests: a tiny set)
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.threads < 1:
-            raise ValueError("steps >= 1, batch_size >= 2 and threads >= 1 are required")
+        super().validate()
+        if self.real_encoders:
+            raise ValueError("the dubs demo runs on stand-in encoders only")
 
 
 def synthetic_config(cfg: DubsDemoConfig):
-    from scav.data_manifests.synthetic import SyntheticConfig
-
-    return SyntheticConfig(**{**cfg.data, "seed": cfg.seed, "dub_languages": LANGUAGES})
+    return dataclasses.replace(demo_synthetic_config(cfg), dub_languages=LANGUAGES)
 
 
 def train_config(cfg: DubsDemoConfig, cache: Path, out: Path, variant: str):
-    from scav.train.config import DubsConfig, ModelConfig, ObjectiveConfig, TrainConfig
+    """The pair demo's SCAV recipe, trained on the original track with quadruplets of ``variant``."""
+    from scav.train.config import DubsConfig
 
-    return TrainConfig(
-        cache=str(cache), out=str(out), split="train", audio_track=LANGUAGES[0], val_clips=cfg.val_clips,
-        val_every=cfg.val_every, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps, keep_best=3, log_every=25, seed=cfg.seed, device="cpu",
+    return dataclasses.replace(
+        demo_train_config(cfg, cache, out, "scav"), audio_track=LANGUAGES[0],
         same_source_fraction=cfg.same_source_fraction,
-        model=ModelConfig(c=cfg.c, video_layers=cfg.video_layers, audio_layers=cfg.audio_layers, heads=cfg.heads,
-                          video_mlp_hidden=cfg.mlp_hidden, audio_mlp_hidden=cfg.mlp_hidden),
-        objective=ObjectiveConfig(kind="scav", interp=cfg.interp, resample=cfg.resample),
-        dubs=DubsConfig(variant=variant, window=cfg.window, mask_fraction=cfg.mask_fraction),
-    )
+        dubs=DubsConfig(variant=variant, window=cfg.window, mask_fraction=cfg.mask_fraction))
 
 
 def evaluate_model(cfg: DubsDemoConfig, cache: Path, ckpt: Path, latents: Path) -> dict:
