@@ -28,7 +28,8 @@ import numpy as np
 
 from .plugins import local_model_dir, optional_import, resample
 from .stages import Audio, MissingWeights, Segment, StageError
-from .translate import iso639_1, language_tag, script_vocabulary
+from .languages import iso639_1, language_tag
+from .translate import script_vocabulary
 
 VAD_RATE = 16000  # webrtcvad takes 8/16/32/48 kHz; one rate keeps its behaviour the same everywhere
 

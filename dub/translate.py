@@ -20,48 +20,11 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
+from .languages import ISO639_1, iso639_1, language_tag  # noqa: F401  (re-exported)
 from .plugins import local_model_dir, optional_import
 from .stages import MissingWeights, StageError
 
 STAGE = "translate"
-
-# ISO 639-2/T -> 639-1 for the languages the plug-ins (Whisper, Seamless) are likely to see.
-ISO639_1 = {
-    "eng": "en", "spa": "es", "fra": "fr", "deu": "de", "ita": "it", "por": "pt", "nld": "nl", "rus": "ru",
-    "pol": "pl", "tur": "tr", "swe": "sv", "dan": "da", "nor": "no", "fin": "fi", "ces": "cs", "ell": "el",
-    "hun": "hu", "ron": "ro", "ukr": "uk", "ara": "ar", "heb": "he", "hin": "hi", "ben": "bn", "urd": "ur",
-    "fas": "fa", "zho": "zh", "jpn": "ja", "kor": "ko", "vie": "vi", "tha": "th", "ind": "id", "msa": "ms",
-    "cat": "ca", "glg": "gl", "eus": "eu", "cym": "cy", "gle": "ga", "isl": "is", "hrv": "hr", "srp": "sr",
-    "slk": "sk", "slv": "sl", "bul": "bg", "lit": "lt", "lav": "lv", "est": "et", "tam": "ta", "tel": "te",
-    "swa": "sw", "afr": "af",
-}
-_FROM_639_1 = {v: k for k, v in ISO639_1.items()}
-_BIBLIOGRAPHIC = {"fre": "fra", "ger": "deu", "dut": "nld", "chi": "zho", "cze": "ces", "gre": "ell",
-                  "rum": "ron", "per": "fas", "may": "msa", "baq": "eus", "wel": "cym", "ice": "isl",
-                  "slo": "slk"}
-_TAG = re.compile(r"^[a-z]{2,3}$")
-
-
-def language_tag(tag: str) -> str:
-    """ISO 639-2/T form of a 639-1 or 639-2 tag ('fr', 'FRE', 'fra' -> 'fra'); ValueError if not one.
-
-    A three-letter tag not in the tables above is kept (lower case): 639-3 codes such as
-    SeamlessM4T's 'cmn' are valid there.
-    """
-    t = str(tag).strip().lower()
-    if not _TAG.match(t):
-        raise ValueError(f"{tag!r} is not an ISO 639-1 or 639-2 language tag")
-    if len(t) == 2:
-        if t not in _FROM_639_1:
-            raise ValueError(f"unknown ISO 639-1 tag {tag!r}")
-        return _FROM_639_1[t]
-    return _BIBLIOGRAPHIC.get(t, t)
-
-
-def iso639_1(tag: str) -> str | None:
-    """Two-letter form of a language tag (what Whisper's language tokens use), None if it has none."""
-    return ISO639_1.get(language_tag(tag))
-
 
 # The synthetic benchmark's script words (one per syllable, segment.py) and a few common words:
 # one row per meaning, words in eng, spa, fra, deu, ita (German nouns capitalised, as written).

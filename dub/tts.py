@@ -19,62 +19,24 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from .languages import language_tag
 from .stages import Audio, StageError
 
 STAGE = "synthesize"
 INSTALL_HINT = "apt-get install espeak-ng"
 
-# ISO 639-2 (terminology and bibliographic forms) and 639-1 tags -> espeak-ng voice. The
-# paper's seven languages first; the rest are languages espeak-ng speaks reasonably.
-_VOICES_BY_LANGUAGE = {
-    ("eng", "en"): "en-us",
-    ("spa", "es"): "es",
-    ("fra", "fre", "fr"): "fr-fr",
-    ("deu", "ger", "de"): "de",
-    ("ita", "it"): "it",
-    ("jpn", "ja"): "ja",
-    ("kor", "ko"): "ko",
-    ("por", "pt"): "pt",
-    ("zho", "chi", "zh", "cmn"): "cmn",
-    ("yue",): "yue",
-    ("rus", "ru"): "ru",
-    ("nld", "dut", "nl"): "nl",
-    ("pol", "pl"): "pl",
-    ("tur", "tr"): "tr",
-    ("ara", "ar"): "ar",
-    ("hin", "hi"): "hi",
-    ("swe", "sv"): "sv",
-    ("dan", "da"): "da",
-    ("nor", "nob", "no", "nb"): "nb",
-    ("fin", "fi"): "fi",
-    ("ces", "cze", "cs"): "cs",
-    ("ell", "gre", "el"): "el",
-    ("heb", "he"): "he",
-    ("hun", "hu"): "hu",
-    ("ron", "rum", "ro"): "ro",
-    ("ukr", "uk"): "uk",
-    ("vie", "vi"): "vi",
-    ("ind", "id"): "id",
-    ("msa", "may", "ms"): "ms",
-    ("tha", "th"): "th",
-    ("cat", "ca"): "ca",
-    ("bul", "bg"): "bg",
-    ("hrv", "hr"): "hr",
-    ("srp", "sr"): "sr",
-    ("slk", "slo", "sk"): "sk",
-    ("slv", "sl"): "sl",
-    ("fas", "per", "fa"): "fa",
-    ("urd", "ur"): "ur",
-    ("ben", "bn"): "bn",
-    ("tam", "ta"): "ta",
-    ("tel", "te"): "te",
-    ("isl", "ice", "is"): "is",
-    ("eus", "baq", "eu"): "eu",
-    ("cym", "wel", "cy"): "cy",
-    ("afr", "af"): "af",
-    ("swa", "sw"): "sw",
+# ISO 639-2/T tag (dub.languages.language_tag's form; 639-3 where espeak-ng distinguishes, e.g.
+# cmn / yue) -> espeak-ng voice. The paper's seven languages first; the rest are languages
+# espeak-ng speaks reasonably.
+VOICES: dict[str, str] = {
+    "eng": "en-us", "spa": "es", "fra": "fr-fr", "deu": "de", "ita": "it", "jpn": "ja", "kor": "ko",
+    "por": "pt", "zho": "cmn", "cmn": "cmn", "yue": "yue", "rus": "ru", "nld": "nl", "pol": "pl", "tur": "tr",
+    "ara": "ar", "hin": "hi", "swe": "sv", "dan": "da", "nor": "nb", "nob": "nb", "fin": "fi", "ces": "cs",
+    "ell": "el", "heb": "he", "hun": "hu", "ron": "ro", "ukr": "uk", "vie": "vi", "ind": "id", "msa": "ms",
+    "tha": "th", "cat": "ca", "bul": "bg", "hrv": "hr", "srp": "sr", "slk": "sk", "slv": "sl", "fas": "fa",
+    "urd": "ur", "ben": "bn", "tam": "ta", "tel": "te", "isl": "is", "eus": "eu", "cym": "cy", "afr": "af",
+    "swa": "sw",
 }
-VOICES: dict[str, str] = {tag: voice for tags, voice in _VOICES_BY_LANGUAGE.items() for tag in tags}
 _VOICE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+")
 
 
@@ -108,7 +70,7 @@ class EspeakSynthesizer:
         if not 80 <= int(speed_wpm) <= 450:  # espeak-ng's own range
             raise ValueError(f"speed_wpm must be within 80..450, got {speed_wpm}")
         self.voices = dict(VOICES)
-        self.voices.update({k.lower(): _check_voice(v) for k, v in (voice_overrides or {}).items()})
+        self.voices.update({language_tag(k): _check_voice(v) for k, v in (voice_overrides or {}).items()})
         self.speed_wpm = int(speed_wpm)
         self.executable = executable
         self.timeout_s = timeout_s
@@ -119,10 +81,12 @@ class EspeakSynthesizer:
 
     def voice_for(self, language: str) -> str:
         """The espeak-ng voice for an ISO 639-2/639-1 tag (case-insensitive; 'pt-BR' falls back to 'pt')."""
-        tag = language.strip().lower().replace("_", "-")
-        voice = self.voices.get(tag) or self.voices.get(tag.split("-")[0])
+        try:
+            voice = self.voices.get(language_tag(language.strip().replace("_", "-").split("-")[0]))
+        except ValueError:
+            voice = None
         if voice is None:
-            supported = ", ".join(sorted(t for t in self.voices if len(t) == 3))
+            supported = ", ".join(sorted(self.voices))
             raise StageError(STAGE, f"no espeak-ng voice for language {language!r}; supported (ISO 639-2, "
                                     f"or their 639-1 forms): {supported}; or pass voice_overrides")
         return voice
