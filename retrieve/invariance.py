@@ -109,6 +109,7 @@ def run(cfg, tracks: list | None = None, progress=None) -> dict:
     from scav.core.schema import CacheError
 
     from . import evaluate
+    from .query import take_latents
 
     cfg.validate()
     cache = FeatureCache.open(cfg.cache)
@@ -138,7 +139,7 @@ def run(cfg, tracks: list | None = None, progress=None) -> dict:
     ref = ref_enc.latents.audio
     ref_emb = ref.emb[ref_rows]
     clip_sources = [sources[c] for c in keep]
-    ref_seq = _subset(ref, ref_rows)
+    ref_seq = take_latents(ref, ref_rows)
     d_oo_seq = sequence_distances(ref_enc.distance, ref_seq, ref_seq)
     out = {"split": cfg.split, "reference": cfg.audio_track, "clips": len(keep),
            "checkpoint": str(cfg.checkpoint), "step": ref_enc.ckpt_meta["step"],
@@ -147,20 +148,12 @@ def run(cfg, tracks: list | None = None, progress=None) -> dict:
     for t in tracks:
         enc, rows = encoded(t)
         dub = enc.latents.audio
-        seq = invariance_from_distances(sequence_distances(enc.distance, _subset(dub, rows), ref_seq), d_oo_seq,
+        seq = invariance_from_distances(sequence_distances(enc.distance, take_latents(dub, rows), ref_seq), d_oo_seq,
                                         clip_sources)
         out["tracks"][str(t)] = {"agg": invariance_scores(ref_emb, dub.emb[rows], clip_sources), "seq": seq,
                                  "retrieval": _retrieval(cfg, enc)}
     out["seq_distance"] = ref_enc.distance.label
     return out
-
-
-def _subset(lat, rows: np.ndarray):
-    """The clips ``rows`` of a Latents, in that order (a copy)."""
-    from .search import Latents
-
-    x, mask = lat.take(rows)
-    return Latents.from_padded(x, mask)
 
 
 def _retrieval(cfg, enc) -> dict:

@@ -23,7 +23,6 @@ import torch
 from scav.core.cache import FeatureCache, new_meta
 from scav.core.clip_lengths import pre_lengths
 from scav.core.schema import FEATURE_DTYPE, AudioTrack, CacheMeta, ClipInfo, TrackSelector, format_identity_diff
-from scav.sequence.pooling import masked_mean
 
 from . import embed
 from .search import Latents
@@ -222,15 +221,7 @@ def encode_media(model, meta: CacheMeta, decoded: list[DecodedMedia], venc, aenc
         out = model(v, torch.ones(v.shape[:2], dtype=torch.bool, device=dev),
                     a, torch.ones(a.shape[:2], dtype=torch.bool, device=dev), pre_lengths=own)
         for m in ("video", "audio"):
-            seq, mask = out[f"{m}_seq"].float(), out[f"{m}_mask"]
-            per[m].append((seq[mask].cpu().numpy(), masked_mean(seq, mask).cpu().numpy()))
-    result = []
-    for m in ("video", "audio"):
-        lengths = np.array([len(s) for s, _ in per[m]], dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        c = int(model.cfg.c)
-        seq = np.concatenate([s for s, _ in per[m]]) if per[m] else np.zeros((0, c), np.float32)
-        emb = np.concatenate([e for _, e in per[m]]) if per[m] else np.zeros((0, c), np.float32)
-        result.append(Latents(np.ascontiguousarray(seq, np.float32), offsets, np.ascontiguousarray(emb, np.float32)))
+            per[m].append(Latents.from_padded(out[f"{m}_seq"].float(), out[f"{m}_mask"]))
+    c = int(model.cfg.c)
+    result = [concat_latents(per[m], c) for m in ("video", "audio")]
     return result[0], result[1]
