@@ -8,7 +8,7 @@ frequency axes). Frequency masking has no counterpart on features and is left ou
 A quadruplet batch (:class:`QuadBatch`) holds two :class:`~scav.core.loader.Batch`: the
 primary (video window 1, audio track 1) and the secondary (video window 2, the second audio
 track, e.g. a dub). Everything runs on the CPU before the copy to the device (as
-``loop.random_crop``), drawing only from the step's ``torch.Generator``.
+pair training's :func:`random_crop`), drawing only from the step's ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ import torch
 
 from scav.core.loader import Batch
 
-__all__ = ["Window", "window_pair", "time_mask", "QuadBatch", "make_quadruplets"]
+__all__ = ["AUDIO_STEPS_PER_SECOND", "Window", "window_pair", "random_crop", "time_mask", "QuadBatch",
+           "make_quadruplets"]
+
+AUDIO_STEPS_PER_SECOND = 6.25  # BEATs: 16 fbank frames of 10 ms per step
 
 
 class Window(NamedTuple):
@@ -33,16 +36,9 @@ class Window(NamedTuple):
     a_len: int
 
 
-def _audio_rate() -> float:
-    # Imported on use: loop.py owns the constant and may import this module at its top.
-    from .loop import AUDIO_STEPS_PER_SECOND
-
-    return AUDIO_STEPS_PER_SECOND
-
-
 def _draw_window(n_video: int, n_audio: int, fps: float, dur: float, seconds: float, gen) -> Window:
-    """random_crop's arithmetic: one start time, floored to a step in each modality."""
-    rate = _audio_rate()
+    """One start time, floored to a step in each modality; lengths rounded (Python's round)."""
+    rate = AUDIO_STEPS_PER_SECOND
     t0 = float(torch.rand((), generator=gen)) * (dur - seconds)
     v0, a0 = int(t0 * fps), int(t0 * rate)
     v_len = max(1, min(n_video - v0, round(seconds * fps)))
@@ -55,10 +51,10 @@ def window_pair(
 ) -> tuple[Window, Window]:
     """Primary and secondary windows of ``seconds`` in a clip of n_video / n_audio real steps.
 
-    fps: video steps per second; audio has ``loop.AUDIO_STEPS_PER_SECOND`` (6.25). Each window
+    fps: video steps per second; audio has ``AUDIO_STEPS_PER_SECOND`` (6.25). Each window
     starts at one time t0 ~ U[0, duration - seconds] in both modalities (each start floored
     to its step, so the two starts differ by less than one step of the slower modality),
-    with random_crop's rounding of lengths. same_window=True: the secondary is the primary
+    with lengths rounded to whole steps. same_window=True: the secondary is the primary
     (sequence objectives compare v_p with a_s step by step, so they must cover the same
     time); False: drawn independently (the paper's temporal jitter). seconds=None, or a
     clip no longer than ``seconds``: the whole clip, twice, and nothing drawn from ``gen``.
@@ -67,13 +63,23 @@ def window_pair(
         raise ValueError(f"seconds must be > 0 or None, got {seconds}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    dur = min(n_video / fps, n_audio / _audio_rate())
+    dur = min(n_video / fps, n_audio / AUDIO_STEPS_PER_SECOND)
     if seconds is None or dur <= seconds:
         whole = Window(0, n_video, 0, n_audio)
         return whole, whole
     first = _draw_window(n_video, n_audio, fps, dur, seconds, gen)
     second = first if same_window else _draw_window(n_video, n_audio, fps, dur, seconds, gen)
     return first, second
+
+
+def random_crop(batch: Batch, fps: list[float], seconds: float, gen: torch.Generator) -> Batch:
+    """Crop every clip to the same ``seconds`` window in both modalities (pair training's
+    ``--crop``): the primary window of :func:`window_pair`. fps[i]: video steps per second
+    of clip i. Clips no longer than the window are kept whole. Masks stay prefix masks."""
+    n_video, n_audio = batch.video_mask.sum(1).tolist(), batch.audio_mask.sum(1).tolist()
+    windows = [window_pair(n_video[i], n_audio[i], fps[i], seconds, gen, same_window=True)[0]
+               for i in range(len(batch))]
+    return _crop(batch, batch.audio, batch.tracks, windows)
 
 
 def time_mask(seq: torch.Tensor, lengths: torch.Tensor, max_fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -152,7 +158,7 @@ def make_quadruplets(
     in both tracks and both tracks cover the same time. Then, if mask_fraction > 0, a
     :func:`time_mask` for each of v_p, a_p, v_s, a_s, drawn independently. Draw order: all
     windows (clip order), then the masks, so the windows do not depend on mask_fraction;
-    with same_window the primary is exactly ``loop.random_crop``'s crop for the same
+    with same_window the primary is exactly :func:`random_crop`'s crop for the same
     generator. Each view holds one track (its ``tracks`` names it: the batch's ``tracks``
     for the primary, ``tracks2`` for the secondary; no ``audio2``). Outputs: prefix masks,
     zero padding, the input's dtype (float16 from the loader; ``.to()`` casts).

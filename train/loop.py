@@ -63,7 +63,7 @@ from scav.core.loader import Batch, iter_eval_batches, make_train_loader
 from scav.sequence.metrics import ranks_from_scores, recall_at
 
 from . import ddp
-from .augment import QuadBatch, make_quadruplets
+from .augment import AUDIO_STEPS_PER_SECOND, QuadBatch, make_quadruplets, random_crop  # noqa: F401  (re-exported)
 from .checkpoint import (
     average_state_dicts,
     check_cache_matches,
@@ -77,7 +77,6 @@ from .objective import compute_loss, compute_quad_loss, sequence_distance
 
 log = logging.getLogger(__name__)
 
-AUDIO_STEPS_PER_SECOND = 6.25  # BEATs: 16 fbank frames of 10 ms per step
 RESUME_MAY_DIFFER = {"resume", "device", "num_workers", "log_every", "steps"}
 
 
@@ -124,34 +123,6 @@ def split_train_val(cache: FeatureCache, cfg: TrainConfig, world_size: int = 1) 
             f"clips of split {cfg.split!r} ({n} minus {cfg.val_clips} held out for validation)"
         )
     return train, val
-
-
-def random_crop(batch: Batch, fps: list[float], seconds: float, gen: torch.Generator) -> Batch:
-    """Crop every clip to the same ``seconds`` window in both modalities.
-
-    fps[i]: video steps per second of clip i; audio has 6.25 steps/s. Clips no
-    longer than the window are kept whole. Masks stay prefix masks.
-    """
-    vids, auds = [], []
-    for i in range(len(batch)):
-        nv, na = int(batch.video_mask[i].sum()), int(batch.audio_mask[i].sum())
-        dur = min(nv / fps[i], na / AUDIO_STEPS_PER_SECOND)
-        if dur <= seconds:
-            vids.append(batch.video[i, :nv])
-            auds.append(batch.audio[i, :na])
-            continue
-        t0 = float(torch.rand((), generator=gen)) * (dur - seconds)
-        v0, a0 = int(t0 * fps[i]), int(t0 * AUDIO_STEPS_PER_SECOND)
-        lv = max(1, min(nv - v0, round(seconds * fps[i])))
-        la = max(1, min(na - a0, round(seconds * AUDIO_STEPS_PER_SECOND)))
-        vids.append(batch.video[i, v0 : v0 + lv])
-        auds.append(batch.audio[i, a0 : a0 + la])
-    pad = torch.nn.utils.rnn.pad_sequence
-    lv = torch.tensor([len(v) for v in vids])
-    la = torch.tensor([len(a) for a in auds])
-    vm = torch.arange(int(lv.max()))[None] < lv[:, None]
-    am = torch.arange(int(la.max()))[None] < la[:, None]
-    return Batch(batch.clip_ids, batch.sources, pad(vids, batch_first=True), vm, pad(auds, batch_first=True), am)
 
 
 def batch_stream(cfg: TrainConfig, start: TrainState, clip_ids: list[str], cache=None) -> Iterator[tuple[int, int, Batch]]:
