@@ -515,28 +515,9 @@ def hybrid_rerank(
       the one way for soft-DTW and Wasserstein, whose pairs share no matrix product).
     Every query is re-ranked (a real search does not know its positive).
     """
-    n_q, k = agg_topk.shape
-    euclidean = distance.name == "euclidean"
-    if cfg.rerank == "sampled" and not euclidean:
-        raise ValueError(f"rerank='sampled' needs the interpolated Euclidean, not {distance.name}")
     ranks = agg_ranks.clone()
-    row_bytes = max(int(candidates.lengths.max()), int(queries.lengths.max())) * candidates.dim * 4
-    gather_sub = max(1, (cfg.rerank_budget_mb << 20) // max(1, row_bytes * k * 3))
-    q_block, c_chunk = seq_blocks(queries, candidates, cfg)
-    for qa, qb in _chunks(n_q, q_block):
+    for qa, qb, d in _rerank_blocks(queries, candidates, direction, distance, agg_topk, cfg):
         idx = agg_topk[qa:qb]  # (n, k)
-        union = torch.unique(idx)  # sorted
-        mode = cfg.rerank
-        if mode == "auto":
-            dense_wins = (qb - qa) * len(union) < _SAMPLED_DOT_COST * idx.numel()
-            mode = ("union" if dense_wins else "sampled") if euclidean else "gather"
-        if mode == "gather":
-            d = torch.cat([
-                _rerank_gather(queries, candidates, direction, distance, sa, min(sa + gather_sub, qb), agg_topk, cfg)
-                for sa in range(qa, qb, gather_sub)
-            ])
-        else:
-            d = _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode, c_chunk)
         s = -d.cpu()
         positives = torch.arange(qa, qb)
         hit = idx == positives[:, None]  # (n, k)
@@ -544,6 +525,36 @@ def hybrid_rerank(
         pos_s = s[keep][hit[keep]]  # exactly one hit per kept row
         ranks[qa + keep] = 1 + count_ahead(s[keep], pos_s, idx[keep], positives[keep])
     return ranks
+
+
+def _rerank_blocks(queries: Latents, candidates: Latents, direction: str, distance: DistanceSpec,
+                   topk: torch.Tensor, cfg: SearchConfig):
+    """Yield (qa, qb, distances (qb - qa, k)) of each block of queries to its own candidates
+    ``topk[qa:qb]``, in the mode :func:`hybrid_rerank` describes."""
+    n_q, k = topk.shape
+    euclidean = distance.name == "euclidean"
+    if cfg.rerank == "sampled" and not euclidean:
+        raise ValueError(f"rerank='sampled' needs the interpolated Euclidean, not {distance.name}")
+    if n_q == 0 or k == 0:
+        return
+    row_bytes = max(int(candidates.lengths.max()), int(queries.lengths.max())) * candidates.dim * 4
+    gather_sub = max(1, (cfg.rerank_budget_mb << 20) // max(1, row_bytes * k * 3))
+    q_block, c_chunk = seq_blocks(queries, candidates, cfg)
+    for qa, qb in _chunks(n_q, q_block):
+        idx = topk[qa:qb]  # (n, k)
+        union = torch.unique(idx)  # sorted
+        mode = cfg.rerank
+        if mode == "auto":
+            dense_wins = (qb - qa) * len(union) < _SAMPLED_DOT_COST * idx.numel()
+            mode = ("union" if dense_wins else "sampled") if euclidean else "gather"
+        if mode == "gather":
+            d = torch.cat([
+                _rerank_gather(queries, candidates, direction, distance, sa, min(sa + gather_sub, qb), topk, cfg)
+                for sa in range(qa, qb, gather_sub)
+            ])
+        else:
+            d = _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode, c_chunk)
+        yield qa, qb, d
 
 
 def _rerank_gather(queries, candidates, direction, distance, qa, qb, agg_topk, cfg) -> torch.Tensor:
@@ -605,13 +616,10 @@ def rerank_distances(
     (any queries: no query <-> candidate pairing), by the machinery of :func:`hybrid_rerank`
     (same block sizes, same mode choice, hence the same values): only the candidates named
     are read from the store."""
-    n_q, k = topk.shape
-    euclidean = distance.name == "euclidean"
-    if cfg.rerank == "sampled" and not euclidean:
-        raise ValueError(f"rerank='sampled' needs the interpolated Euclidean, not {distance.name}")
-    out = torch.empty((n_q, k), dtype=torch.float32)
-    if n_q == 0 or k == 0:
-        return out
+    out = torch.empty(tuple(topk.shape), dtype=torch.float32)
+    for qa, qb, d in _rerank_blocks(queries, candidates, direction, distance, topk, cfg):
+        out[qa:qb] = d.float().cpu()
+    return out
     row_bytes = max(int(candidates.lengths.max()), int(queries.lengths.max())) * candidates.dim * 4
     gather_sub = max(1, (cfg.rerank_budget_mb << 20) // max(1, row_bytes * k * 3))
     q_block, c_chunk = seq_blocks(queries, candidates, cfg)
