@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
 from scav.core.loader import iter_eval_batches, make_train_loader
 from scav.core.schema import AudioTrack, CacheLayout, ClipInfo, EncoderInfo
@@ -300,8 +299,8 @@ def bench_training_step(path, ids, args) -> None:
 
 def _small_model():
     try:
+        from scav.model.network import SCAVModel
         from scav.train.config import ModelConfig, ObjectiveConfig
-        from scav.train.model import SCAVModel
 
         cfg = ModelConfig(c=64, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=128,
                           audio_mlp_hidden=128)

@@ -17,7 +17,7 @@ that already have the target length, as the model's ``pre`` interpolation would)
                      relative to each pair's mean step cost, pos_weight 1, Sinkhorn to the
                      marginal tolerance, eps-scaling), not a fixed iteration count
 Every distance is ``DistanceSpec(...).matrix`` with the spec's defaults, the call training
-makes (``scav.train.objective.sequence_distance``), so the bench measures what training runs.
+makes (``scav.model.objective.sequence_distance``), so the bench measures what training runs.
 Video lengths are mixed (T, 0.96 T, 0.8 T: native-fps clips), audio lengths are all S.
 Each SCAV distance is followed by ``scav_loss`` and one backward pass.
 
@@ -42,7 +42,6 @@ import sys
 from dataclasses import asdict, dataclass
 
 import typer
-
 from scav.core.device import resolve_device
 
 CONFIGS = (
@@ -109,7 +108,6 @@ def _worker(spec: dict) -> dict:
     import time
 
     import torch
-
     from scav.sequence.losses import cav_loss, scav_loss
     from scav.sequence.spec import DistanceSpec
 

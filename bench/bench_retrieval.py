@@ -29,9 +29,15 @@ import time
 
 import torch
 import torch.nn.functional as F
-
+from scav.model.latents import Latents
+from scav.retrieve.search import (
+    SearchConfig,
+    agg_search,
+    hybrid_rerank,
+    seq_blocks,
+    seq_search,
+)
 from scav.sequence.metrics import summarize_ranks
-from scav.retrieve.search import Latents, SearchConfig, agg_search, hybrid_rerank, seq_blocks, seq_search
 from scav.sequence.spec import DistanceSpec
 
 # Paper Table III (seconds for 1K queries among 10K candidates; V100 GPU / their CPU)

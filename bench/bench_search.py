@@ -39,12 +39,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from scav.model.latents import Latents
 from scav.retrieve.first_stage import (
-    FirstStageConfig, ann_topk, build_ann, exact_topk_faiss, exact_topk_torch, normalize_rows,
+    FirstStageConfig,
+    ann_topk,
+    build_ann,
+    exact_topk_faiss,
+    exact_topk_torch,
+    normalize_rows,
 )
 from scav.retrieve.gallery_search import rank
-from scav.retrieve.search import Latents, SearchConfig
+from scav.retrieve.search import SearchConfig
 from scav.sequence.spec import DistanceSpec
 
 GOALS = {"exact_seconds": 10.0, "hybrid_seconds": 15.0, "ann_recall": 0.95, "ann_speedup": 5.0}

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from scav.cli_common import JSON_HELP, VERSION_OPTION, make_app, write_json
+from scav.core.cli import JSON_HELP, VERSION_OPTION, make_app, write_json
 
 HELP = (
         "Make counterfactual pairs (dubs paper §6, Fig. 5): for every media file of a manifest, write a copy "

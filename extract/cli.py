@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-
-from scav.cli_common import JSON_HELP, VERSION_OPTION, make_app, write_json
+from scav.core.cli import JSON_HELP, VERSION_OPTION, make_app, write_json
 
 app = make_app(
     no_args_is_help=True,

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-
-from scav.cli_common import VERSION_OPTION, json_option, make_app, track_selector
+from scav.core.cli import VERSION_OPTION, json_option, make_app, track_selector
 from scav.core.device import DEVICE_HELP
 
-from .config import MODALITIES, OPTIMIZER_DEFAULTS, OPTIMIZERS, PROBES, ProbeConfig, defaults
+from .config import (
+    MODALITIES,
+    OPTIMIZER_DEFAULTS,
+    OPTIMIZERS,
+    PROBES,
+    ProbeConfig,
+    defaults,
+)
 
 app = make_app(help=__doc__.split("\n\n")[0])
 
@@ -96,9 +102,8 @@ def main_command(
         device=device, embed_batch_size=embed_batch_size, json_path=str(json_path) if json_path else None,
     )
     from rich.console import Console
-
     from scav.core.schema import CacheError
-    from scav.train.checkpoint import CheckpointError
+    from scav.model.checkpoint import CheckpointError
 
     from .pipeline import run
 

@@ -1,7 +1,7 @@
 """Pooled clip embeddings of labelled splits for a trained checkpoint (the probe's inputs).
 
 The encoding is retrieval's: :func:`scav.retrieve.evaluate.load_trained` loads and checks
-the checkpoint, :func:`scav.retrieve.embed.embed_split` runs the model and mean-pools each
+the checkpoint, :func:`scav.model.embed.embed_split` runs the model and mean-pools each
 clip's valid latent steps (the model's own pooling). Here we only choose the clips (both
 modalities present, as the model encodes both; a label) and the modality:
 'video', 'audio' (the selected track) or 'both' = [video, audio] concatenated.
@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from scav.core.cache import FeatureCache
 from scav.core.schema import CacheError, ClipInfo, TrackSelector
-from scav.retrieve import embed
+from scav.model import embed
 from scav.retrieve.evaluate import load_trained
 
 from .config import MODALITIES
@@ -78,7 +77,7 @@ def pooled(lat: embed.SplitLatents, modality: str) -> np.ndarray:
 @dataclass
 class Embedded:
     splits: dict[str, SplitEmbeddings]  # by split name
-    ckpt_meta: dict  # from scav.train.checkpoint.load_model
+    ckpt_meta: dict  # from scav.model.checkpoint.load_model
     seconds: float
 
 

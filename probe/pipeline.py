@@ -12,9 +12,8 @@ import logging
 import time
 
 import torch
-
-from scav.cli_common import write_json
 from scav.core.cache import FeatureCache
+from scav.core.cli import write_json
 from scav.core.device import resolve_device
 
 from .config import ProbeConfig

@@ -25,12 +25,18 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-
-from scav.cli_common import VERSION_OPTION, json_option, make_app, track_selector
+from scav.core.cli import VERSION_OPTION, json_option, make_app, track_selector
 from scav.core.device import DEVICE_HELP
 
 from . import search_config as S
-from .config import DEFAULT_K, METHOD_CHOICES, PRECISIONS, SEARCH_METHODS, RetrieveConfig, defaults
+from .config import (
+    DEFAULT_K,
+    METHOD_CHOICES,
+    PRECISIONS,
+    SEARCH_METHODS,
+    RetrieveConfig,
+    defaults,
+)
 
 app = make_app(help="\n\n".join(__doc__.split("\n\n")[:3]))
 
@@ -160,7 +166,6 @@ def _errors_exit_2():
     """Bad input (cache, checkpoint, index, queries, values, files) -> one red line, exit 2."""
     from rich.console import Console
     from rich.markup import escape
-
     from scav.core.schema import CacheError
 
     try:

@@ -18,18 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from scav.cli_common import write_json
 from scav.core.cache import FeatureCache
+from scav.core.cli import write_json
 from scav.core.device import resolve_device
 from scav.core.schema import CacheError, CacheMeta
+from scav.model import embed
+from scav.model.checkpoint import CheckpointError, check_cache_matches, load_model
+from scav.model.objective import distance_spec
 from scav.sequence.metrics import summarize_ranks
 from scav.sequence.spec import DistanceSpec
-from scav.train.checkpoint import CheckpointError, check_cache_matches, load_model
 from scav.train.config import TrainConfig
-from scav.train.objective import distance_spec
 
-from . import embed, search
+from . import search
 from .config import DEFAULT_K, RetrieveConfig
 
 __all__ = ["RetrieveConfig", "Encoded", "load_trained", "encode", "search_split", "report", "run"]
@@ -43,7 +43,7 @@ class Encoded:
 
     latents: embed.SplitLatents
     train_cfg: TrainConfig
-    ckpt_meta: dict  # from scav.train.checkpoint.load_model
+    ckpt_meta: dict  # from scav.model.checkpoint.load_model
     cache_meta: CacheMeta
     distance: DistanceSpec
     device: torch.device

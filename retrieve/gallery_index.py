@@ -3,7 +3,7 @@
 ``scav-retrieve index`` saves one folder (written as a temporary sibling, renamed when whole)::
 
     <cache>.retrieval/index-<checkpoint sha256[:12]>-<cache fingerprint[:8]>[-<splits>][-track-<t>]/
-      video_seq.npy video_offsets.npy video_emb.npy   latents, as retrieve/embed.py exports them
+      video_seq.npy video_offsets.npy video_emb.npy   latents, as model/embed.py exports them
       audio_seq.npy audio_offsets.npy audio_emb.npy   (memory-mapped when loaded)
       video_norm.npy audio_norm.npy   (N, c) float32 pooled embeddings, L2-normalised (first stage)
       clips.json     the clip-table columns results show: clip_id split label source path start end
@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from scav import __version__
 from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.schema import CacheMeta, ClipInfo, TrackSelector, format_identity_diff
+from scav.model import embed
+from scav.model.latents import Latents
 
-from . import embed
+from scav import __version__
+
 from .first_stage import FirstStageConfig, normalize_rows
-from .search import Latents
-
 
 INDEX_FORMAT = "scav-gallery-index"
 INDEX_VERSION = 1  # bump when the layout changes; older indexes are refused (rebuild)
@@ -164,7 +163,7 @@ def _refuse_foreign(folder: Path) -> None:
 def build_index(model, cache_path, cache_meta: CacheMeta, clips: list[ClipInfo], folder: Path, meta: dict,
                 ann: FirstStageConfig | None = None, **embed_kw) -> Gallery:
     """Encode ``clips`` (cache order) with ``model`` into the index ``folder`` (atomic);
-    embed_kw: batch_size, device, track, progress as :func:`scav.retrieve.embed.embed_split`."""
+    embed_kw: batch_size, device, track, progress as :func:`scav.model.embed.embed_split`."""
     folder = Path(folder)
     _refuse_foreign(folder)
     remove_stale_tmp(folder)

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
+from scav.model.latents import Latents
 from scav.sequence.spec import DistanceSpec
 
 from . import search
-from .first_stage import FirstStageConfig, merge_block, agg_topk, key_scores
-from .search import Latents, key_index, rank_keys
+from .first_stage import FirstStageConfig, agg_topk, key_scores, merge_block
+from .search import key_index, rank_keys
 
 METHODS = ("agg", "seq", "hybrid")
 DIRECTIONS = search.DIRECTIONS

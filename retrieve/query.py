@@ -1,11 +1,11 @@
 """Search queries: clips of the cache, or media files encoded on the fly, as latents.
 
-Cache clips are encoded exactly as a gallery is (:func:`scav.retrieve.embed.embed_split`).
+Cache clips are encoded exactly as a gallery is (:func:`scav.model.embed.embed_split`).
 A media file is decoded (``scav.extract.decode``) and encoded with the encoders the cache's
 meta names (stand-ins need no weights; CLIP / BEATs need the files ``scav-extract`` took,
 checked against the weights' sha256 the cache recorded), its features rounded to the cache's
 float16 as the cache stores them, then run through the model alone (no padding). Each query's
-lengths are its own (interp='pre': ``scav.core.clip_lengths.pre_lengths``), so a media file
+lengths are its own (interp='pre': ``scav.model.clip_lengths.pre_lengths``), so a media file
 and the cache clip extracted from it give the same latents.
 
 Every problem (an unknown clip id, a file that does not decode, missing or other weights)
@@ -19,14 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scav.core.cache import FeatureCache, new_meta
-from scav.core.clip_lengths import pre_lengths
-from scav.core.schema import FEATURE_DTYPE, AudioTrack, CacheMeta, ClipInfo, TrackSelector, format_identity_diff
-
-from . import embed
-from .search import Latents
-
+from scav.core.schema import (
+    FEATURE_DTYPE,
+    AudioTrack,
+    CacheMeta,
+    ClipInfo,
+    TrackSelector,
+    format_identity_diff,
+)
+from scav.model import embed
+from scav.model.clip_lengths import pre_lengths
+from scav.model.latents import Latents
 
 _SHOW = 20  # ids listed in a message
 

@@ -23,9 +23,10 @@ def run_report(req: ReportRequest, status=None) -> dict:
     """Encode the split, search the sampled queries, measure the k curve, write the page.
     Returns {"report": index.html path, "records": [...], "summary": {...}}."""
     from scav.core.cache import FeatureCache
+    from scav.model import embed
     from scav.sequence.metrics import summarize_ranks
 
-    from . import embed, gallery_index, search
+    from . import gallery_index, search
     from .config import RetrieveConfig
     from .evaluate import encode
     from .first_stage import normalize_rows

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scav.core.files import atomic_path
 from scav.core.schema import CacheError, CacheMeta
 
@@ -118,7 +117,7 @@ def _resolve_queries(req: SearchRequest, cache, track):
     if ids:
         infos += Q.resolve_clips(cache, ids, track)
     if req.query_split:
-        from . import embed
+        from scav.model import embed
 
         ok, bad = embed.usable_clips(cache.require_split(req.query_split), track)
         if bad:
@@ -177,8 +176,9 @@ def run_search(req: SearchRequest, status=None) -> SearchResult:
     CacheError, CheckpointError or ValueError (each with a readable message) before writing.
     """
     from scav.core.device import resolve_device
+    from scav.model import embed
 
-    from . import embed, gallery_index, query
+    from . import gallery_index, query
     from .evaluate import load_trained
     from .first_stage import normalize_rows
     from .gallery_search import rank, sides
@@ -239,8 +239,9 @@ def run_index(req: IndexRequest, status=None) -> dict[str, Any]:
     """Encode the gallery and save it (or report the up-to-date index already there)."""
     from scav.core.cache import FeatureCache
     from scav.core.device import resolve_device
+    from scav.model import embed
 
-    from . import embed, gallery_index
+    from . import gallery_index
     from .evaluate import load_trained
 
     say = status or (lambda text: None)
@@ -279,7 +280,7 @@ def run_index(req: IndexRequest, status=None) -> dict[str, Any]:
     out = {"index": str(folder), "clips": len(clips), "skipped_clips": len(skipped), "reused": reused,
            "checkpoint": str(req.checkpoint), "gallery_splits": list(req.gallery_splits) or None,
            "ann": req.ann, "seconds": round(time.perf_counter() - t0, 3)}
-    from scav.cli_common import write_json
+    from scav.core.cli import write_json
 
     write_json(req.json_path, out)
     return out

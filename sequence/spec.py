@@ -1,6 +1,6 @@
 """Which sequence distance, with which parameters: one frozen value for training and retrieval.
 
-Training builds it from its objective (``scav.train.objective.distance_spec``), checkpoints
+Training builds it from its objective (``scav.model.objective.distance_spec``), checkpoints
 carry that objective, and retrieval rebuilds the same spec from the checkpoint, so the
 distance a model is ranked by is the one it was trained with (retrieval may only swap
 soft-DTW's gamma, e.g. for hard DTW). Every method takes video first and audio second:
@@ -18,7 +18,13 @@ import torch
 from .blockwise import DEFAULT_CHUNK_CELLS
 from .distances import DISTANCES
 from .dtw import dtw_matrix, soft_dtw_matrix
-from .euclidean import PRECISIONS, equal_length_euclidean, interp_euclidean_matrix, paired_euclidean, sampled_euclidean
+from .euclidean import (
+    PRECISIONS,
+    equal_length_euclidean,
+    interp_euclidean_matrix,
+    paired_euclidean,
+    sampled_euclidean,
+)
 from .wasserstein import DEFAULT_MAX_ITER, DEFAULT_TOL, POS_SCALES, wasserstein_matrix
 
 RESAMPLES = ("video", "audio")  # which modality the interpolated Euclidean resamples

@@ -4,8 +4,7 @@ demo on a tiny synthetic set."""
 from __future__ import annotations
 
 import pytest
-
-from scav import demo_dubs
+from scav.demo import dubs as demo_dubs
 
 
 def _ret(r1):

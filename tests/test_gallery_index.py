@@ -6,18 +6,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from cache_factory import make_learnable_cache, make_random_cache
-from test_retrieve_cli import make_checkpoint
+from scav.model.latents import Latents
 from scav.retrieve import search
 from scav.retrieve.cli import app
 from scav.retrieve.first_stage import FirstStageConfig
-from scav.retrieve.gallery_index import ClipTable, GalleryIndexError, load_index, save_index
+from scav.retrieve.gallery_index import (
+    ClipTable,
+    GalleryIndexError,
+    load_index,
+    save_index,
+)
 from scav.retrieve.gallery_search import rank
-from scav.retrieve.search import Latents, SearchConfig
+from scav.retrieve.search import SearchConfig
 from scav.sequence.spec import DistanceSpec
 from scav.train.config import ObjectiveConfig
+from test_retrieve_cli import make_checkpoint
+from typer.testing import CliRunner
 
 
 def ragged_pair(n=40, c=6, seed=0):

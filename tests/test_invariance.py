@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
-
-from scav.retrieve.invariance import invariance_from_distances, invariance_scores, sequence_distances
+from scav.retrieve.invariance import (
+    invariance_from_distances,
+    invariance_scores,
+    sequence_distances,
+)
 
 
 def naive(original, dub, sources):
@@ -73,8 +76,7 @@ def test_from_distances_equals_a_naive_loop_on_any_distance():
 
 def test_sequence_distances_use_the_models_distance():
     import torch
-
-    from scav.retrieve.search import Latents
+    from scav.model.latents import Latents
     from scav.sequence.spec import DistanceSpec
 
     g = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ EXTRA_ONLY = ["av", "transformers", "speechbrain", "torchaudio", "torchvision", 
               "dask", "distributed", "h5py", "decord"]  # fmt: skip
 # folders whose every import must be satisfied by the base install; files that belong to an extra
 BASE_DIRS = ["core", "sequence", "train", "retrieve", "scav", "probe"]
-NOT_BASE = {"core/hdf5.py": "hdf5", "scav/demo.py": "extract"}
+NOT_BASE = {"core/hdf5.py": "hdf5", "demo/pairs.py": "extract"}
 # import name -> distribution name, where they differ
 DIST = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "ot": "pot", "faiss": "faiss-cpu"}
 

@@ -10,22 +10,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, average_precision_score
-from typer.testing import CliRunner
-
 from encode_alone import encode_each_alone
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
 from scav.core.schema import AudioTrack, CacheError, CacheLayout, ClipInfo, EncoderInfo
+from scav.model.checkpoint import load_model, make_payload, save_checkpoint
+from scav.model.network import SCAVModel
 from scav.probe.cli import app
 from scav.probe.config import ProbeConfig
 from scav.probe.embeddings import embed_labelled, labelled_clips
 from scav.probe.metrics import average_precision, mean_average_precision, top1
 from scav.probe.pipeline import run
 from scav.probe.train_probe import evaluate, fit_probe
-from scav.train.checkpoint import load_model, make_payload, save_checkpoint
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
-from scav.train.model import SCAVModel
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, average_precision_score
+from typer.testing import CliRunner
 
 # ----------------------------------------------------------------------------- metrics
 

@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
-
 from cache_factory import make_learnable_cache, make_random_cache
 from encode_alone import encode_each_alone
 from scav.core.cache import FeatureCache
+from scav.model.checkpoint import make_payload, save_checkpoint
+from scav.model.network import SCAVModel
+from scav.model.objective import sequence_distance
 from scav.retrieve.cli import app
 from scav.retrieve.evaluate import RetrieveConfig, run
 from scav.sequence.metrics import ranks_from_scores, summarize_ranks
-from scav.train.checkpoint import make_payload, save_checkpoint
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
-from scav.train.model import SCAVModel
-from scav.train.objective import sequence_distance
+from typer.testing import CliRunner
 
 TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
 
@@ -44,7 +43,7 @@ def setup(tmp_path_factory):
 
 def independent_ranks(cache_path, ckpt_path, split):
     """Each clip encoded alone (no padding), full matrices, ranks by the metrics module."""
-    from scav.train.checkpoint import load_model
+    from scav.model.checkpoint import load_model
 
     model, cfg, _ = load_model(ckpt_path)
     cache = FeatureCache.open(cache_path)
@@ -154,7 +153,7 @@ def test_dtw_gamma_zero_ranks_by_hard_dtw(setup, tmp_path):
     res = run(RetrieveConfig(checkpoint=str(ckpt), split="test", cache=str(cache), method="seq", dtw_gamma=0.0,
                              query_block=4, candidate_chunk=3, device="cpu"))
     assert res["seq_distance"] == "dtw (hard)"
-    from scav.train.checkpoint import load_model
+    from scav.model.checkpoint import load_model
 
     model, _, _ = load_model(ckpt)
     fc = FeatureCache.open(cache)

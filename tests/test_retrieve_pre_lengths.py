@@ -7,14 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from cache_factory import cache_contents, make_random_cache
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache
 from scav.core.schema import AudioTrack, CacheError, ClipInfo
-from scav.retrieve.embed import embed_split, latent_lengths
-from scav.core.clip_lengths import pre_lengths
+from scav.model.clip_lengths import pre_lengths
+from scav.model.embed import embed_split, latent_lengths
+from scav.model.network import SCAVModel
 from scav.train.config import ModelConfig, ObjectiveConfig
-from scav.train.model import SCAVModel
 
 TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
 PRE_VIDEO = ObjectiveConfig(kind="scav", interp="pre", resample="video")

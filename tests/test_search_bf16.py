@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from scav.retrieve.search import Latents, SearchConfig, seq_search
+from scav.model.latents import Latents
+from scav.retrieve.search import SearchConfig, seq_search
 from scav.sequence.euclidean import _sq_dist_flat
 from scav.sequence.metrics import summarize_ranks
 from scav.sequence.spec import DistanceSpec

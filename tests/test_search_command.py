@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
-
 from cache_factory import make_learnable_cache, make_random_cache
 from encode_alone import encode_each_alone
-from test_retrieve_cli import TINY, make_checkpoint
 from scav.core.cache import FeatureCache
+from scav.model.checkpoint import load_model
+from scav.model.objective import sequence_distance
 from scav.retrieve.cli import app
 from scav.retrieve.search_command import run_search
 from scav.retrieve.search_config import SearchRequest
-from scav.train.checkpoint import load_model
 from scav.train.config import ObjectiveConfig
-from scav.train.objective import sequence_distance
+from test_retrieve_cli import TINY, make_checkpoint
+from typer.testing import CliRunner
 
 QUERY_KEYS = {"clip_id", "media", "split", "label", "source", "path", "start", "end", "modality", "track"}
 RECORD_KEYS = {"query", "direction", "method", "k", "results", "checkpoint", "step", "encoders", "stand_in_encoders",
@@ -142,9 +141,9 @@ def media_setup(tmp_path_factory):
     from scav.data_manifests.manifest import ManifestRow
     from scav.data_manifests.media import AudioSpec, write_media
     from scav.extract.runner import ExtractConfig, run
-    from scav.train.checkpoint import make_payload, save_checkpoint
+    from scav.model.checkpoint import make_payload, save_checkpoint
+    from scav.model.network import SCAVModel
     from scav.train.config import TrainConfig
-    from scav.train.model import SCAVModel
 
     tmp = tmp_path_factory.mktemp("media")
     rng = np.random.default_rng(0)
@@ -207,9 +206,8 @@ def test_bad_media_and_weights_exit_2(media_setup, tmp_path):
 def test_media_query_refuses_other_beats_weights(media_setup, tmp_path):
     """A BEATs checkpoint other than the cache's: refused naming the differing fields."""
     pytest.importorskip("speechbrain")
-    from tiny_models import make_tiny_beats_ckpt
-
     from scav.retrieve.query import QueryError, build_encoders
+    from tiny_models import make_tiny_beats_ckpt
 
     beats = make_random_cache(tmp_path / "b.zarr", {"test": 3}, audio_name="beats-iter3-as2m")
     with pytest.raises(QueryError, match="not the ones the cache was extracted with"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from scav.retrieve.search import Latents, SearchConfig, agg_search, hybrid_rerank, seq_search
-from scav.sequence.dtw import dtw_matrix
+from scav.model.latents import Latents
+from scav.retrieve.search import SearchConfig, agg_search, hybrid_rerank, seq_search
 from scav.sequence.distances import soft_dtw_matrix
+from scav.sequence.dtw import dtw_matrix
 from scav.sequence.metrics import ranks_from_scores
 from scav.sequence.spec import DistanceSpec
 

@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import torch
-
+from scav.model.objective import distance_spec, sequence_distance
 from scav.sequence.distances import interp_euclidean_matrix, soft_dtw_matrix
 from scav.sequence.spec import DistanceSpec
 from scav.train.config import ObjectiveConfig
-from scav.train.objective import distance_spec, sequence_distance
 
 
 def batch(lengths, dim, seed):
@@ -53,7 +52,7 @@ def test_spec_validates_without_changing():
 
 def test_sequence_math_and_search_do_not_import_training():
     code = (
-        "import sys; import scav.sequence.spec, scav.sequence.distances, scav.retrieve.search, scav.retrieve.embed; "
+        "import sys; import scav.sequence.spec, scav.sequence.distances, scav.retrieve.search, scav.model.embed; "
         "bad = [m for m in sys.modules if m.startswith('scav.train')]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from scav.sequence.spec import DistanceSpec
 from scav.sequence.wasserstein import wasserstein_matrix
 
@@ -138,8 +137,8 @@ def test_spec_uses_the_scaled_position_term_and_relative_eps():
 def test_old_configs_keep_the_absolute_wasserstein_they_were_trained_with():
     """A config.json / checkpoint of an earlier release (no wasserstein_scale) reads as 'none';
     new configs default to 'step_mean'; the spec built from each carries it."""
+    from scav.model.objective import distance_spec
     from scav.train.config import ObjectiveConfig, TrainConfig
-    from scav.train.objective import distance_spec
 
     new = TrainConfig(cache="c", out="o", objective=ObjectiveConfig(distance="wasserstein", interp="post"))
     old_dict = new.to_dict()

@@ -6,19 +6,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
-
+from encode_alone import encode_each_alone
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
 from scav.core.schema import AudioTrack, CacheLayout, ClipInfo, EncoderInfo
+from scav.model.checkpoint import load_model, make_payload, save_checkpoint
+from scav.model.network import SCAVModel
+from scav.model.objective import sequence_distance
 from scav.retrieve.cli import app as retrieve_app
 from scav.retrieve.evaluate import RetrieveConfig, run
 from scav.sequence.metrics import ranks_from_scores, summarize_ranks
-from scav.train.checkpoint import load_model, make_payload, save_checkpoint
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
-from scav.train.model import SCAVModel
-from scav.train.objective import sequence_distance
-
-from encode_alone import encode_each_alone
+from typer.testing import CliRunner
 
 DV, DA = 6, 4
 TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)

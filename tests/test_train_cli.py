@@ -10,15 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from scav.train.checkpoint import load_model, save_checkpoint
+from cache_factory import make_learnable_cache, make_random_cache
+from scav.model.checkpoint import load_model, save_checkpoint
+from scav.model.network import SCAVModel
 from scav.train.cli import app
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.loop import run
-from scav.train.model import SCAVModel
-
-from cache_factory import make_learnable_cache, make_random_cache
+from typer.testing import CliRunner
 
 ARGS = ["--steps", "4", "--batch-size", "6", "--val-clips", "6", "--val-every", "2", "--log-every", "1",
         "--warmup", "1", "--c", "16", "--video-layers", "1", "--audio-layers", "1", "--heads", "2", "--device", "cpu"]
@@ -102,7 +100,7 @@ def test_old_config_and_checkpoint_with_direction_load(tmp_path):
     old["objective"] = {k: v for k, v in old["objective"].items() if k != "resample"} | {"direction": "a2v"}
     assert TrainConfig.from_dict(old) == cfg
     from scav.core.cache import FeatureCache
-    from scav.train.checkpoint import make_payload
+    from scav.model.checkpoint import make_payload
 
     meta = FeatureCache.open(cache).meta
     model = SCAVModel(cfg.model, 4, 4, cfg.objective)

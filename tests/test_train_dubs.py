@@ -10,15 +10,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from scav.core.cache import CacheWriter, ClipRecord, new_meta
 from scav.core.loader import Batch
 from scav.core.schema import AudioTrack, CacheLayout, ClipInfo, EncoderInfo
+from scav.model.network import SCAVModel
+from scav.model.objective import compute_loss, compute_quad_loss
 from scav.train import loop
 from scav.train.config import DubsConfig, ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.ddp import DistInfo, cleanup
-from scav.train.model import SCAVModel
-from scav.train.objective import compute_loss, compute_quad_loss
 
 DV, DA = 6, 5
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=24, audio_mlp_hidden=24, dropout=0.0)
@@ -237,9 +236,8 @@ def test_config_rejects_inconsistent_dub_options(cache, tmp_path):
 
 
 def test_cli_passes_the_dub_options(cache, tmp_path):
-    from typer.testing import CliRunner
-
     from scav.train.cli import app
+    from typer.testing import CliRunner
 
     out = tmp_path / "cli"
     res = CliRunner().invoke(app, [

@@ -10,16 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from cache_factory import make_random_cache
 from scav.core.cache import CacheWriter, ClipRecord, FeatureCache
 from scav.core.loader import Batch
 from scav.core.schema import AudioTrack, ClipInfo
+from scav.model.checkpoint import read_checkpoint
 from scav.train import ddp, loop
-from scav.train.checkpoint import read_checkpoint
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
-from scav.train.loop import TrainingDiverged, make_optimizer, read_losses, run, setup, train_step
-
-from cache_factory import make_random_cache
+from scav.train.loop import (
+    TrainingDiverged,
+    make_optimizer,
+    read_losses,
+    run,
+    setup,
+    train_step,
+)
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=24, audio_mlp_hidden=24, dropout=0.0)
 CPU = torch.device("cpu")
@@ -91,7 +96,7 @@ def test_a_nan_at_step_k_leaves_the_weights_of_step_k_minus_1(cache, tmp_path, b
 def test_fused_guarded_step_equals_the_plain_loop(cache, tmp_path):
     """The new step (no host read, fused AdamW, guard) gives the losses and weights of the
     plain loop it replaced (float(loss) every step, foreach AdamW)."""
-    from scav.train.objective import compute_loss
+    from scav.model.objective import compute_loss
 
     t = setup(_cfg(cache, tmp_path / "a", log_every=1), CPU, ddp.DistInfo())
     ref = setup(_cfg(cache, tmp_path / "b", log_every=1), CPU, ddp.DistInfo())
@@ -137,7 +142,7 @@ def test_bf16_runs_and_matches_fp32(cache, tmp_path):
     t.model.load_state_dict(init)
     with torch.no_grad():
         out = t.model(b.video, b.video_mask, b.audio, b.audio_mask)
-        from scav.train.objective import compute_loss
+        from scav.model.objective import compute_loss
 
         v_fp32 = float(compute_loss(out, t.model, t.cfg.objective)["loss"])
     assert math.isfinite(v_bf16) and v_bf16 == pytest.approx(v_fp32, rel=2e-2)
@@ -246,9 +251,8 @@ def test_resume_from_a_plain_adamw_state(cache, tmp_path):
 
 
 def test_cli_exits_3_naming_the_step_with_deferred_reads(tmp_path):
-    from typer.testing import CliRunner
-
     from scav.train.cli import app
+    from typer.testing import CliRunner
 
     cache = _nan_cache(tmp_path / "c.zarr")
     res = CliRunner().invoke(app, ["--cache", str(cache), "--out", str(tmp_path / "r"), "--steps", "30",

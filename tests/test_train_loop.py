@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from cache_factory import make_learnable_cache, make_random_cache
 from scav.core.cache import FeatureCache
 from scav.core.loader import Batch
 from scav.core.schema import CacheError
-from scav.train.checkpoint import CheckpointError, load_model, read_checkpoint
+from scav.model.checkpoint import CheckpointError, load_model, read_checkpoint
+from scav.model.network import SCAVModel
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.loop import (
     TrainingDiverged,
@@ -24,9 +25,6 @@ from scav.train.loop import (
     split_train_val,
     validate,
 )
-from scav.train.model import SCAVModel
-
-from cache_factory import make_learnable_cache, make_random_cache
 
 TINY = ModelConfig(c=32, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=64, audio_mlp_hidden=64, dropout=0.0)
 

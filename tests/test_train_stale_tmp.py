@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from scav.train import loop
-from scav.train.checkpoint import read_checkpoint, save_checkpoint
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
-
 from cache_factory import make_learnable_cache
+from scav.model.checkpoint import read_checkpoint, save_checkpoint
+from scav.train import loop
+from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=32, audio_mlp_hidden=32)
 
 # save_checkpoint with torch.save slowed down: it writes part of the file, says where, then hangs
 _KILLED_WRITER = textwrap.dedent("""
     import sys, time, torch
-    from scav.train import checkpoint
+    from scav.model import checkpoint
 
     def half_written(obj, f):
         with open(f, "wb") as fh:

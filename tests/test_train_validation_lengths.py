@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
+from cache_factory import make_random_cache
 from scav.core.cache import FeatureCache
+from scav.model.clip_lengths import pre_lengths
+from scav.model.network import SCAVModel
 from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
 from scav.train.loop import validate
-from scav.train.model import SCAVModel
-from scav.core.clip_lengths import pre_lengths
-
-from cache_factory import make_random_cache
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=32, audio_mlp_hidden=32, dropout=0.0)
 

@@ -16,8 +16,7 @@ import sys
 from typing import Any, Literal, Optional
 
 import typer
-
-from scav.cli_common import VERSION_OPTION, make_app, track_selector
+from scav.core.cli import VERSION_OPTION, make_app, track_selector
 from scav.core.device import DEVICE_HELP
 
 from .config import (

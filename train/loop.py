@@ -54,26 +54,25 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from scav.core.cache import FeatureCache
-from scav.core.clip_lengths import pre_lengths
 from scav.core.device import resolve_device
 from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.loader import Batch, iter_eval_batches, make_train_loader
-from scav.sequence.metrics import ranks_from_scores, recall_at
-
-from . import ddp
-from .augment import AUDIO_STEPS_PER_SECOND, QuadBatch, make_quadruplets, random_crop  # noqa: F401  (re-exported)
-from .checkpoint import (
+from scav.model.checkpoint import (
     average_state_dicts,
     check_cache_matches,
     make_payload,
     read_checkpoint,
     save_checkpoint,
 )
+from scav.model.clip_lengths import pre_lengths
+from scav.model.network import SCAVModel
+from scav.model.objective import compute_loss, compute_quad_loss, sequence_distance
+from scav.sequence.metrics import ranks_from_scores, recall_at
+
+from . import ddp
+from .augment import AUDIO_STEPS_PER_SECOND, QuadBatch, make_quadruplets, random_crop  # noqa: F401  (re-exported)
 from .config import TrainConfig
-from .model import SCAVModel
-from .objective import compute_loss, compute_quad_loss, sequence_distance
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ With interp='pre' training resamples each video (resample='video') to its partne
 audio's length. Here a clip's latents must depend on the clip alone (a candidate
 resampled to the length of the query it should match would carry that query's length),
 so the resampled side takes a length of its own: the clip's duration x the other
-modality's step rate (:func:`scav.core.clip_lengths.pre_lengths`).
+modality's step rate (:func:`scav.model.clip_lengths.pre_lengths`).
 
 Export layout (``save`` / :func:`load_export`), one folder per (split, checkpoint)::
 
@@ -31,15 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from scav.core.clip_lengths import pre_lengths
 from scav.core.files import atomic_path, remove_stale_tmp, sha256_file
 from scav.core.loader import iter_eval_batches
 from scav.core.schema import CacheError, CacheMeta, ClipInfo, TrackSelector
-
+from scav.model.clip_lengths import pre_lengths
 from scav.sequence.pooling import masked_mean
 
-from .search import Latents
+from .latents import Latents
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +76,7 @@ def usable_clips(clips: list[ClipInfo], track: TrackSelector = 0) -> tuple[list[
 def latent_lengths(clips: list[ClipInfo], objective, pre: np.ndarray | None,
                    track: TrackSelector = 0) -> tuple[np.ndarray, np.ndarray]:
     """Latent steps per clip (video, audio of the selected track): the stored steps, except the
-    side that interp='pre' resamples, which has ``pre`` (from :func:`scav.core.clip_lengths.pre_lengths`)."""
+    side that interp='pre' resamples, which has ``pre`` (from :func:`scav.model.clip_lengths.pre_lengths`)."""
     nv = np.array([c.n_video for c in clips], dtype=np.int64)
     na = np.array([c.n_audio_steps(track) for c in clips], dtype=np.int64)
     if pre is not None:
@@ -116,7 +114,7 @@ def embed_split(
 ) -> SplitLatents:
     """Encode ``clips`` (a split's usable clips, cache order) with ``model`` (eval mode).
 
-    meta: the cache's metadata (step rates for 'pre' lengths, see :func:`scav.core.clip_lengths.pre_lengths`).
+    meta: the cache's metadata (step rates for 'pre' lengths, see :func:`scav.model.clip_lengths.pre_lengths`).
 
     folder: write ``.npy`` files there (memory-mapped) instead of RAM arrays.
     track: the audio track to encode (index or language tag, see ``scav.core.schema``).

@@ -16,11 +16,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-
 from scav.sequence import losses
 from scav.sequence.spec import DistanceSpec
-
-from .config import ObjectiveConfig
+from scav.train.config import ObjectiveConfig
 
 
 @lru_cache(maxsize=32)
@@ -85,7 +83,7 @@ def compute_loss(model_out: dict, model, obj_cfg: ObjectiveConfig, dist=None) ->
 
 def _compute_loss_global(model_out: dict, model, obj_cfg: ObjectiveConfig, dist) -> dict[str, torch.Tensor]:
     """Local rows against gathered columns (see module docstring)."""
-    from .ddp import gather_features, gather_sequences
+    from scav.train.ddp import gather_features, gather_sequences
 
     offset = dist.rank * model_out["video_emb"].shape[0]
     logit_scale = model_out.get("logit_scale", model.logit_scale)
@@ -111,7 +109,7 @@ def _gathered(out: dict, dist) -> dict:
     """The whole (all-ranks) batch of a model output, with gradients (ddp.gather_*)."""
     if dist is None or dist.world_size <= 1:
         return out
-    from .ddp import gather_features, gather_sequences
+    from scav.train.ddp import gather_features, gather_sequences
 
     g = dict(out)
     g["video_emb"], g["audio_emb"] = gather_features(out["video_emb"]), gather_features(out["audio_emb"])

@@ -16,20 +16,12 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import typer
-
-from scav.cli_common import VERSION_OPTION, make_app
+from typing import Any
 
 log = logging.getLogger(__name__)
-
-app = make_app(help=__doc__.split("\n\n")[0])
-
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -100,9 +92,8 @@ def synthetic_config(cfg: DemoConfig):
 
 
 def stage_generate(cfg: DemoConfig, out: Path) -> Path:
-    from tqdm.auto import tqdm
-
     from scav.data_manifests.synthetic import build_synthetic
+    from tqdm.auto import tqdm
 
     scfg = synthetic_config(cfg)
     n_sources = scfg.classes * scfg.sources_per_class
@@ -143,7 +134,6 @@ def oracle_check(cache_path: Path, split: str = "test") -> dict | None:
     both binned at 25 Hz with known alignment (no learning). Stand-in caches only.
     """
     import numpy as np
-
     from scav.core.cache import FeatureCache
     from scav.data_manifests import synthetic as syn
 
@@ -415,48 +405,3 @@ def run(cfg: DemoConfig, console=None) -> dict:
     console.print(f"wrote {out / 'results.json'} and {out / 'results.png'}; stage times (s): {st.seconds}; "
                   f"total {results['total_seconds']} s")
     return results
-
-
-@app.command()
-def main_command(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for everything the demo builds (reused by a second run)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and the training runs."),
-    fresh: bool = typer.Option(False, "--fresh", help="Delete --out first and rebuild everything."),
-    clip_weights: Optional[Path] = typer.Option(None, "--clip-weights", help="CLIP ViT-B/32 folder: use the real encoders (with --beats-ckpt)."),
-    beats_ckpt: Optional[Path] = typer.Option(None, "--beats-ckpt", help="BEATs iter3+ AS2M checkpoint (with --clip-weights)."),
-    steps: int = typer.Option(DemoConfig.steps, "--steps", help="Training steps per model."),
-    threads: int = typer.Option(DemoConfig.threads, "--threads", help="torch CPU threads."),
-    dubs: bool = typer.Option(False, "--dubs", help="The second paper's demo instead: synthetic clips with three language tracks, dub-augmented vs monolingual training, track invariance and retrieval per track (under OUT/dubs; stand-in encoders)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
-    version: bool = VERSION_OPTION,
-) -> None:
-    """Run the SCAV demo on the synthetic benchmark and print the comparison table."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if dubs:
-        from .demo_dubs import DubsDemoConfig
-        from .demo_dubs import run as run_dubs
-
-        if clip_weights or beats_ckpt:
-            typer.echo("error: --dubs runs on stand-in encoders only", err=True)
-            raise typer.Exit(code=2)
-        if fresh and (out / "dubs").exists():
-            shutil.rmtree(out / "dubs")
-        run_dubs(DubsDemoConfig(out=str(out), seed=seed, steps=steps, threads=threads))
-        return
-    cfg = DemoConfig(out=str(out), seed=seed, fresh=fresh, steps=steps, threads=threads,
-                     clip_weights=str(clip_weights) if clip_weights else None,
-                     beats_ckpt=str(beats_ckpt) if beats_ckpt else None)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2)
-    run(cfg)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

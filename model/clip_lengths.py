@@ -9,8 +9,7 @@ both ``scav.train`` (validation) and ``scav.retrieve`` use it.
 from __future__ import annotations
 
 import numpy as np
-
-from .schema import CacheError, CacheMeta, ClipInfo
+from scav.core.schema import CacheError, CacheMeta, ClipInfo
 
 
 def _own_duration(clip: ClipInfo) -> float:

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .demo import DemoConfig
-from .demo import synthetic_config as demo_synthetic_config
-from .demo import train_config as demo_train_config
+from .pairs import DemoConfig
+from .pairs import synthetic_config as demo_synthetic_config
+from .pairs import train_config as demo_train_config
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ VARIANTS = {"monolingual": "monolingual", "multilingual": "dub-augmented"}
 
 @dataclass(frozen=True)
 class DubsDemoConfig(DemoConfig):
-    """The pair demo's sizes and training recipe (:class:`~scav.demo.DemoConfig`) plus the
+    """The pair demo's sizes and training recipe (:class:`~scav.demo.pairs.DemoConfig`) plus the
     dubs options; measured to fit the brief's 15 minutes on 2 CPU cores."""
 
     window: float = 3.0  # seconds per quadruplet instance (paper: 3 s)
@@ -159,11 +159,10 @@ def run(cfg: DubsDemoConfig, console=None) -> dict:
     """The whole dubs pipeline; returns the results dict (also ``<out>/dubs/results.json``)."""
     import torch
     from rich.console import Console
-
     from scav.extract.runner import EncoderSpec, ExtractConfig
     from scav.extract.runner import run as extract_run
 
-    from .demo import Stages, stage_train_config
+    from .pairs import Stages, stage_train_config
 
     cfg.validate()
     console = console or Console(width=max(110, Console().width))

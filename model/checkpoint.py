@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.schema import CacheError, CacheMeta, EncoderInfo
+from scav.train.config import TrainConfig
 
-from .config import TrainConfig
-from .model import SCAVModel
+from .network import SCAVModel
 
 REQUIRED_KEYS = ("model", "config", "schema_version", "cache_fingerprint", "encoders", "video_dim", "audio_dim", "step")
 

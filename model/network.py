@@ -11,7 +11,7 @@ audio's length; at retrieval to a length of its own (``forward(pre_lengths=...)`
 so that a clip's latents never depend on another clip.
 The temperatures (CAV ``logit_scale``, SCAV ``log_lambda``) live here so they
 are saved, averaged and restored with the weights; the losses are applied
-outside the model (``scav.train.objective``).
+outside the model (``scav.model.objective``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from scav.sequence.interpolation import interpolate_to_lengths
 from scav.sequence.pooling import masked_mean
-
-from .config import ModelConfig, ObjectiveConfig
+from scav.train.config import ModelConfig, ObjectiveConfig
+from torch import nn
 
 
 def relative_position_bucket(rel: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -161,7 +159,7 @@ class SCAVModel(nn.Module):
 
         With interp='pre' the resampled side (objective.resample) is resampled to
         ``pre_lengths`` (B,) when given (retrieval: each clip's own length, see
-        ``scav.core.clip_lengths.pre_lengths``), else to its partner's valid length (training:
+        ``scav.model.clip_lengths.pre_lengths``), else to its partner's valid length (training:
         the paired clip of the same row).
         """
         v_target = a_target = None

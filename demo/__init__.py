@@ -1,0 +1,1 @@
+"""The demos: the whole pipeline on synthetic benchmarks built for each paper (``python -m scav.demo``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from scav.demo.cli import main
+
+sys.exit(main())
