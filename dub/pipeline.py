@@ -288,41 +288,12 @@ def _checked(stage: str, audio: Any, sr: int, n: int | None = None) -> np.ndarra
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int):
-    """Every audio stream of a container over the whole file, as scav's decoder reads them.
-
-    Returns extract/decode.py's ``DecodedAudio`` list (samples mono at ``sample_rate``,
-    language, original flag). Uses that module's own audio decoding and original-track rule
-    without decoding the video (tests check it equals ``decode_clip``'s audio).
-    """
-    import av
-
+    """Every audio stream of a container over the whole file, as scav's decoder reads them
+    (:func:`scav.extract.decode.read_audio_tracks`: samples mono at ``sample_rate``,
+    language, original flag; tests check it equals ``decode_clip``'s audio)."""
     from ..extract import decode
 
-    path = Path(path)
-    if not path.is_file():
-        raise decode.DecodeError("open", f"file not found: {path}")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise decode.DecodeError("open", f"cannot open container: {e}") from None
-    try:
-        if not container.streams.audio:
-            raise decode.DecodeError("decode-audio", "no audio stream")
-        origin = (container.start_time or 0) / 1e6
-        end = decode._container_end(container, origin)
-        if end is None:
-            raise decode.DecodeError("range", "the file states no duration")
-        tracks = [decode._decode_audio(container, k, origin, 0.0, end, sample_rate)
-                  for k in range(len(container.streams.audio))]
-        for track, original in zip(tracks, decode.original_flags(decode._dispositions(container))):
-            track.original = original
-    except decode.DecodeError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
-        raise decode.DecodeError("decode-audio", f"{type(e).__name__}: {e}") from None
-    finally:
-        container.close()
-    return tracks
+    return decode.read_audio_tracks(path, sample_rate)
 
 
 def original_index(tracks) -> int:

@@ -56,6 +56,7 @@ Rules (the contract the runner and the cache rely on):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -139,7 +140,6 @@ def decode_clip(
     the largest array); default a new numpy array.
     extra_audio: tracks in separate files, appended after the container's streams.
     """
-    import av
 
     path = Path(path)
     if not path.is_file():
@@ -149,18 +149,8 @@ def decode_clip(
     for src in extra_audio:  # before decoding anything: a missing dub costs no video decode
         if not Path(src.path).is_file():
             raise DecodeError("open", f"{_describe(src)}: file not found")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise DecodeError("open", f"cannot open container: {e}") from None
-    try:
+    with open_container(path, "decode-video") as container:
         clip = _decode_open(container, start, end, audio_rate, max_side, threads, alloc_frames)
-    except DecodeError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
-        raise DecodeError("decode-video", f"{type(e).__name__}: {e}") from None
-    finally:
-        container.close()
     n_own = len(clip.audio)
     for src in extra_audio:
         clip.audio.append(_decode_track_file(src, len(clip.audio), clip.start, clip.end, audio_rate))
@@ -168,6 +158,49 @@ def decode_clip(
         for a in clip.audio[:n_own]:
             a.original = False
     return clip
+
+
+@contextlib.contextmanager
+def open_container(path: str | os.PathLike, stage: str, what: str | None = None):
+    """An open PyAV container of ``path``, closed on exit. Any FFmpeg/IO error while opening
+    becomes ``DecodeError('open')``, and while using it ``DecodeError(stage)``; ``what``
+    (e.g. "audio track 'spa' (x.m4a)") prefixes the reasons."""
+    import av
+
+    pre = f"{what}: " if what else ""
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise DecodeError("open", f"{pre}cannot open container: {e}") from None
+    try:
+        yield container
+    except DecodeError as e:
+        if what and not e.reason.startswith(pre):
+            raise DecodeError(e.stage, pre + e.reason) from None
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
+        raise DecodeError(stage, f"{pre}{type(e).__name__}: {e}") from None
+    finally:
+        container.close()
+
+
+def read_audio_tracks(path: str | os.PathLike, audio_rate: int = AUDIO_RATE) -> list[DecodedAudio]:
+    """Every audio stream of a whole file, without decoding its video: the samples, languages
+    and original flags :func:`decode_clip` gives for the file's full range."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError("open", f"file not found: {path}")
+    with open_container(path, "decode-audio") as container:
+        if not container.streams.audio:
+            raise DecodeError("decode-audio", "no audio stream")
+        origin = (container.start_time or 0) / 1e6
+        end = _container_end(container, origin)
+        if end is None:
+            raise DecodeError("range", "the file states no duration")
+        tracks = [_decode_audio(container, k, origin, 0.0, end, audio_rate) for k in range(len(container.streams.audio))]
+        for track, original in zip(tracks, original_flags(_dispositions(container))):
+            track.original = original
+    return tracks
 
 
 def original_flags(dispositions: Sequence[tuple[bool, bool]]) -> list[bool]:
@@ -193,27 +226,16 @@ def _describe(src: TrackSource) -> str:
 
 def _decode_track_file(src: TrackSource, index: int, lo: float, hi: float, rate: int) -> DecodedAudio:
     """The first audio stream of ``src`` over [lo, hi) s (the clip's decoded range), as track ``index``."""
-    import av
 
     what = _describe(src)
     path = Path(src.path)
     if not path.is_file():
         raise DecodeError("open", f"{what}: file not found")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise DecodeError("open", f"{what}: cannot open: {e}") from None
-    try:
+    with open_container(path, "decode-audio", what=what) as container:
         if not container.streams.audio:
-            raise DecodeError("decode-audio", "no audio stream")
+            raise DecodeError("decode-audio", f"{what}: no audio stream")
         origin = (container.start_time or 0) / 1e6
         track = _decode_audio(container, 0, origin, lo, hi, rate)
-    except DecodeError as e:
-        raise DecodeError(e.stage, f"{what}: {e.reason}") from None
-    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
-        raise DecodeError("decode-audio", f"{what}: {type(e).__name__}: {e}") from None
-    finally:
-        container.close()
     if len(track.samples) == 0:
         raise DecodeError("range", f"{what}: the file ends before the clip's range [{lo:g}, {hi:g}) s")
     return DecodedAudio(track.samples, index, src.language, rate, src.original)
