@@ -96,11 +96,11 @@ def dub(
     json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help=JSON_HELP)] = None,
     version: bool = VERSION_OPTION,
 ) -> None:
-    from .pipeline import DubConfig, StageOptions
+    from .config import DubConfig, StageOptions
 
     cfg = _guard(lambda: DubConfig(
-        manifest=manifest, out=out, targets=tuple(t.strip().lower() for t in target),
-        source_language=source_language.strip().lower() if source_language else None, media_root=media_root,
+        manifest=manifest, out=out, targets=tuple(_tag(t) for t in target),
+        source_language=_tag(source_language) if source_language else None, media_root=media_root,
         stages=StageOptions(separator=separator, segmenter=segmenter, transcriber=transcriber,
                             translator=translator, voice=voice, demucs_weights=demucs_weights,
                             whisper_dir=whisper_dir, seamless_dir=seamless_dir, voice_weights=voice_weights),
@@ -112,6 +112,17 @@ def dub(
     write_json(json_path, summary)
     if strict and (summary["failed"] or summary["quality_failed"]):
         raise typer.Exit(1)
+
+
+def _tag(tag: str) -> str:
+    """A typed language tag in the form mp4 stores ('es', 'FRE' -> 'spa', 'fra'); kept as typed when it is
+    not a tag, so that the config's check names it."""
+    from .languages import language_tag
+
+    try:
+        return language_tag(tag)
+    except ValueError:
+        return tag
 
 
 def _run(cfg):

@@ -24,6 +24,7 @@ _BIBLIOGRAPHIC = {"fre": "fra", "ger": "deu", "dut": "nld", "chi": "zho", "cze":
                   "rum": "ron", "per": "fas", "may": "msa", "baq": "eus", "wel": "cym", "ice": "isl",
                   "slo": "slk"}
 _TAG = re.compile(r"^[a-z]{2,3}$")
+_STORED = re.compile(r"^[a-z]{3}$")  # what mp4 stores (ISO 639-2); the muxer drops anything else
 
 
 def language_tag(tag: str) -> str:
@@ -45,3 +46,8 @@ def language_tag(tag: str) -> str:
 def iso639_1(tag: str) -> str | None:
     """Two-letter form of a language tag (what Whisper's language tokens use), None if it has none."""
     return ISO639_1.get(language_tag(tag))
+
+
+def is_stored_tag(tag: object) -> bool:
+    """True for a tag mp4 can store as it is: three lower-case letters (ISO 639-2)."""
+    return isinstance(tag, str) and bool(_STORED.match(tag))

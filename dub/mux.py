@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -31,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .languages import is_stored_tag
+
 log = logging.getLogger(__name__)
 
 AAC_FRAME = 1024  # samples per AAC frame: the encoder's (and the duration check's) granularity
 _LAYOUTS = {1: "mono", 2: "stereo"}
 _BLOCK = 1024 * 16  # samples per frame handed to the encoder
-_LANGUAGE = re.compile(r"^[a-z]{3}$")  # what mp4 stores (ISO 639-2); anything else is dropped by the muxer
 
 
 class MuxError(Exception):
@@ -71,7 +71,7 @@ class MuxResult:
 
 def check_track(track: NewTrack) -> None:
     """ValueError naming what is wrong with a track before anything is written."""
-    if not _LANGUAGE.match(track.language or ""):
+    if not is_stored_tag(track.language):
         raise ValueError(f"language tag {track.language!r}: mp4 stores only three-letter ISO 639-2 codes "
                          "(e.g. 'spa', 'fra')")
     x = track.planar()

@@ -15,6 +15,7 @@ in [-1, 1] at a sample rate given with it; times are seconds from the clip's sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -30,7 +31,17 @@ class StageError(Exception):
 
 
 class MissingWeights(StageError):
-    """A plug-in was asked for without the local weights it needs (never downloaded)."""
+    """A plug-in was asked for without the weights it needs (not given, not found, not in the cache)."""
+
+
+def call_stage(stage: str, fn: Callable, *args):
+    """``fn(*args)``; any error becomes a StageError naming ``stage`` (a failure row, not a traceback)."""
+    try:
+        return fn(*args)
+    except StageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a stage's library error is that stage's failure
+        raise StageError(stage, f"{type(e).__name__}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -135,12 +146,12 @@ class Matcher(Protocol):
 
 # Per-file context: a stage that needs to know which media it is working on (the synthetic
 # build's known stems and script) has ``for_media(info) -> bound stage``; the pipeline calls
-# it once per media file (``dub.pipeline.bind_stages``) and uses what it returns.
+# it once per media file (``dub.registry.bind_stages``) and uses what it returns.
 
 
 @dataclass
-class Stages:
-    """The stage implementations one run uses (``dub.pipeline`` builds them from options)."""
+class DubStages:
+    """The stage implementations one scav-dub run uses (``dub.registry.build_stages`` builds them from options)."""
 
     separator: Separator
     segmenter: Segmenter

@@ -42,7 +42,8 @@ def make(out_png: Path, target: str = "eng", work: Path | None = None) -> dict:
     from scav.core.files import atomic_path
     from scav.data_manifests.manifest import load_manifest
     from scav.data_manifests.synthetic import SyntheticConfig, build_synthetic
-    from scav.dub.pipeline import DubConfig, run
+    from scav.dub.config import DubConfig
+    from scav.dub.pipeline import run
     from scav.extract.decode import decode_clip
 
     with tempfile.TemporaryDirectory(prefix="scav-dub-fig-") as tmp:

@@ -23,11 +23,14 @@ from typer.testing import CliRunner
 from scav.data_manifests import speech as sp
 from scav.data_manifests import synthetic
 from scav.data_manifests.manifest import ManifestRow, load_manifest, write_manifest
-from scav.dub import pipeline, quality
+from scav.dub import quality
 from scav.dub.cli import app
 from scav.dub.mux import NewTrack, mux_tracks
-from scav.dub.pipeline import DubConfig, run
-from scav.dub.stages import Audio, Segment, Stages, Stems
+from scav.dub.config import DubConfig
+from scav.dub.pipeline import run
+from scav.dub.audio_io import read_audio
+from scav.dub.plan import output_key, plan_jobs
+from scav.dub.stages import Audio, DubStages, Segment, Stems
 from scav.extract.decode import decode_clip
 
 SR = 16000
@@ -142,8 +145,8 @@ class KRmsMatcher:
         return Audio((audio.samples * 10 ** ((k(reference.samples) - k(audio.samples)) / 20)).astype(np.float32), sr)
 
 
-def doubles(build: Path, **replace) -> Stages:
-    stages = Stages(OracleSeparator(build), EventsSegmenter(build), None, TagTranslator(), SyllableSynth(),
+def doubles(build: Path, **replace) -> DubStages:
+    stages = DubStages(OracleSeparator(build), EventsSegmenter(build), None, TagTranslator(), SyllableSynth(),
                     InterpStretcher(), SameVoice(), KRmsMatcher())
     return dataclasses.replace(stages, **replace)
 
@@ -255,7 +258,7 @@ def test_background_check_is_pearson_of_track_minus_speech():
 
 def test_read_audio_equals_scav_decoder(build):
     media = build / "media" / "disc-s0.mp4"
-    ours = pipeline.read_audio(media, SR)
+    ours = read_audio(media, SR)
     ref = decode_clip(media).audio
     assert [(t.language, t.original) for t in ours] == [(t.language, t.original) for t in ref] == \
         [("eng", True), ("spa", False)]
@@ -450,14 +453,14 @@ def test_a_kill_during_muxing_leaves_no_half_file(build, tmp_path, monkeypatch):
 
 
 def test_output_paths_stay_inside_the_output_folder(tmp_path):
-    assert pipeline.output_key("media/a.mp4", tmp_path / "media/a.mp4") == "media/a.mp4"
-    assert pipeline.output_key("./b/c.mkv", tmp_path / "b/c.mkv") == "b/c.mkv.mp4"
+    assert output_key("media/a.mp4", tmp_path / "media/a.mp4") == "media/a.mp4"
+    assert output_key("./b/c.mkv", tmp_path / "b/c.mkv") == "b/c.mkv.mp4"
     for bad in ("../escape.mp4", "/abs/x.mp4", "a/../../x.mp4"):
-        key = pipeline.output_key(bad, Path("/abs/x.mp4"))
+        key = output_key(bad, Path("/abs/x.mp4"))
         assert key.startswith("external/") and ".." not in key and key.endswith(".mp4"), key
     rows = [ManifestRow("a", "v/x", split="t"), ManifestRow("b", "v/x.mp4", split="t"),
             ManifestRow("c", "./v/x", split="t")]
-    jobs = pipeline.plan_jobs(rows, tmp_path)
+    jobs = plan_jobs(rows, tmp_path)
     assert [len(j.rows) for j in jobs] == [2, 1]  # one job per file, whatever the path's spelling
     assert jobs[0].key == "v/x.mp4" and jobs[1].key != jobs[0].key and jobs[1].key.startswith("v/")
 

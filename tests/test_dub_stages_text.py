@@ -93,7 +93,7 @@ def test_known_stems_are_the_layers_and_sum_to_the_decoded_track(built):
 def test_known_stems_whole_file_and_refusals(built, tmp_path):
     out, rows, clips, _, layers = built
     whole = decode_clip(out / "media/disc-s1.mp4")
-    info = SimpleNamespace(path=out / "media/disc-s1.mp4", language="eng")  # pipeline.MediaInfo's fields used
+    info = SimpleNamespace(path=out / "media/disc-s1.mp4", language="eng")  # config.MediaInfo's fields used
     original = next(a for a in whole.audio if a.language == "eng")
     stems = KnownStemsSeparator().for_media(info).separate(Audio(original.samples, SR))
     n = len(original.samples)
