@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from scav.model.latents import Latents
 from scav.retrieve.search import (
-    SearchConfig,
+    BlockConfig,
     agg_search,
     hybrid_rerank,
     seq_blocks,
@@ -131,7 +131,7 @@ def main() -> None:
 
     video, audio = make_latents(args.candidates, args.steps, args.dim, args.noise, seed=0)
     queries = audio.head(args.queries)  # A->V: the first Q audio clips query all N videos
-    cfg = SearchConfig(query_block=args.query_block, candidate_chunk=args.candidate_chunk, device=args.device)
+    cfg = BlockConfig(query_block=args.query_block, candidate_chunk=args.candidate_chunk, device=args.device)
     dist = DistanceSpec("euclidean", resample="video")
 
     gflops = matmul_gflops(device, args.matmul_n, reps=3 if device.type == "cpu" else 20)

@@ -49,7 +49,7 @@ from scav.retrieve.first_stage import (
     normalize_rows,
 )
 from scav.retrieve.gallery_search import rank
-from scav.retrieve.search import SearchConfig
+from scav.retrieve.search import BlockConfig
 from scav.sequence.spec import DistanceSpec
 
 GOALS = {"exact_seconds": 10.0, "hybrid_seconds": 15.0, "ann_recall": 0.95, "ann_speedup": 5.0}
@@ -263,7 +263,7 @@ def main() -> None:
 
         # -- hybrid end to end: first stage + exact sequence re-rank of the top k
         spec = DistanceSpec()
-        scfg = SearchConfig()
+        scfg = BlockConfig()
         out["hybrid"] = {}
         variants = [("exact first stage (auto)", FirstStageConfig(), None)]
         if ivf_index is not None:

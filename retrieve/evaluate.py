@@ -30,6 +30,7 @@ from scav.sequence.spec import DistanceSpec
 from scav.train.config import TrainConfig
 
 from . import search
+from .blocks import BlockConfig
 from .config import DEFAULT_K, RetrieveConfig
 
 __all__ = ["RetrieveConfig", "Encoded", "load_trained", "encode", "search_split", "report", "run"]
@@ -115,8 +116,8 @@ def encode(cfg: RetrieveConfig, cache: FeatureCache, progress=None) -> Encoded:
 def search_split(cfg: RetrieveConfig, enc: Encoded) -> dict[str, search.DirectionResult]:
     """Ranks of every requested method in both directions ({direction: DirectionResult})."""
     k = _hybrid_k(cfg, len(enc.latents.video))
-    scfg = search.SearchConfig(query_block=cfg.query_block, candidate_chunk=cfg.candidate_chunk,
-                               device=str(enc.device), precision=cfg.precision)
+    scfg = BlockConfig(query_block=cfg.query_block, candidate_chunk=cfg.candidate_chunk,
+                       device=str(enc.device), precision=cfg.precision)
     return search.retrieve(enc.latents.video, enc.latents.audio, cfg.methods, k, enc.distance, scfg)
 
 

@@ -3,7 +3,7 @@
 Inputs are L2-normalised embeddings, so cosine = inner product. Paths:
 
 - ``torch`` (exact): (query block x gallery chunk) float32 products merged into a running
-  per-query top-k held as :func:`~scav.retrieve.search.rank_keys` (score desc, index asc).
+  per-query top-k held as :func:`~scav.retrieve.topk.rank_keys` (score desc, index asc).
   Once a query holds k, a chunk only contributes scores strictly above its k-th (chunks come
   in index order, so a later candidate tied with the k-th ranks after it): a compare pass, no
   top-k per chunk.
@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .search import key_index, rank_keys
+from .topk import key_index, key_scores, merge_block, rank_keys  # noqa: F401 (merge_block, key_scores: importable from here)
 from .search_config import ANN_CHOICES, BACKENDS, DEFAULT_FAISS_THRESHOLD, FirstStageConfig  # noqa: F401
 
-_INT64_MIN = torch.iinfo(torch.int64).min
 # bytes of one (query block x gallery chunk) float32 score block on the CPU, scored into one
 # reused buffer. Fewer, larger blocks: each torch op is a parallel region, and on a busy
 # machine every region waits for its slowest thread (1M x 1000 queries on the bench VM under
@@ -60,15 +59,6 @@ def normalize_rows(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(t, dim=-1).float().numpy()
 
 
-def key_scores(keys: torch.Tensor) -> torch.Tensor:
-    """The float32 scores back from :func:`~scav.retrieve.search.rank_keys` (NaN for empty slots)."""
-    ordered = keys >> 32  # arithmetic shift: the monotone int32 image of the score
-    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).to(torch.int32)
-    out = bits.view(torch.float32).clone()
-    out[keys == _INT64_MIN] = float("nan")
-    return out
-
-
 def _as_float32(a: np.ndarray) -> np.ndarray:
     """C-contiguous float32 view (no copy for a float32 memmap)."""
     return np.ascontiguousarray(a, dtype=np.float32)
@@ -90,50 +80,6 @@ def _check(queries: np.ndarray, gallery: np.ndarray, k: int) -> None:
 
 
 # ----------------------------------------------------------------------------- exact: torch
-
-
-def _hits(s: torch.Tensor, thr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of s (n, C) strictly above thr (n,), row-major; rows without any are
-    skipped by a max first (for clustered data most rows of a chunk have none)."""
-    hot = (s.amax(1) > thr).nonzero(as_tuple=True)[0]
-    if len(hot) == 0:
-        return hot, hot
-    if 2 * len(hot) > len(s):  # most rows: one pass over the block, no copy of its hot rows
-        return (s > thr[:, None]).nonzero(as_tuple=True)
-    r, c = (s[hot] > thr[hot, None]).nonzero(as_tuple=True)
-    return hot[r], c
-
-
-def _merge_hits(keys: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, scores: torch.Tensor,
-                k: int) -> torch.Tensor:
-    """keys (n, k) of the best so far, plus hits (rows ascending, their candidate indices and
-    scores) -> (n, k) keys in ranking order."""
-    if len(rows) == 0:
-        return keys
-    n = len(keys)
-    counts = torch.bincount(rows, minlength=n)
-    first = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(len(rows), device=rows.device) - first[rows]
-    touched = counts.nonzero(as_tuple=True)[0]
-    where = torch.full((n,), -1, dtype=torch.int64, device=rows.device)
-    where[touched] = torch.arange(len(touched), device=rows.device)
-    extra = torch.full((len(touched), int(counts.max())), _INT64_MIN, dtype=torch.int64, device=rows.device)
-    extra[where[rows], slot] = rank_keys(scores, cand)
-    keys = keys.clone()
-    keys[touched] = torch.topk(torch.cat([keys[touched], extra], dim=1), k, dim=1).values
-    return keys
-
-
-def merge_block(keys: torch.Tensor, s: torch.Tensor, ca: int, k: int) -> torch.Tensor:
-    """keys (n, k') of the best so far merged with the exact score block s (n, C) of candidates
-    ca..; returns (n, min(k, k' + C)) keys in ranking order."""
-    if keys.shape[1] < k:  # not yet k per row: every candidate may enter
-        idx = torch.arange(ca, ca + s.shape[1], device=s.device).expand_as(s)
-        both = torch.cat([keys, rank_keys(s, idx)], dim=1)
-        return torch.topk(both, min(k, both.shape[1]), dim=1).values
-    # only scores strictly above a row's k-th can enter (a tie comes later in index order)
-    rows, cols = _hits(s, key_scores(keys[:, -1]))
-    return _merge_hits(keys, rows, ca + cols, s[rows, cols], k)
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:

@@ -6,7 +6,7 @@ are arbitrary (clips, media files) and the output is a ranked list per query.
 - agg: the first stage (:mod:`.first_stage`: torch or FAISS, exact or approximate) over the
   gallery's L2-normalised pooled embeddings.
 - hybrid: the first stage's top k, re-ranked by the sequence distance through
-  :func:`.search.rerank_distances` (the evaluation's re-ranking code): only those k
+  :func:`.rerank.rerank_distances` (the evaluation's re-ranking code): only those k
   candidates' sequences are read from the (memory-mapped) store.
 - seq: the exact sequence distance to every gallery clip, block by block (as the
   evaluation's seq), keeping a running top list.
@@ -25,12 +25,13 @@ import torch
 from scav.model.latents import Latents
 from scav.sequence.spec import DistanceSpec
 
-from . import search
-from .first_stage import FirstStageConfig, agg_topk, key_scores, merge_block
-from .search import key_index, rank_keys
+from .blocks import BlockConfig, seq_blocks
+from .first_stage import FirstStageConfig, agg_topk
+from .rerank import rerank_distances
+from .search_config import DIRECTIONS, sides  # noqa: F401 (sides: importable from here)
+from .topk import key_index, key_scores, merge_block, rank_keys
 
 METHODS = ("agg", "seq", "hybrid")
-DIRECTIONS = search.DIRECTIONS
 
 
 @dataclass
@@ -42,13 +43,6 @@ class Ranked:
     scores: np.ndarray
     first_stage: str | None
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def sides(direction: str) -> tuple[str, str]:
-    """(query modality, gallery modality): a2v = audio queries against videos."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    return ("audio", "video") if direction == "a2v" else ("video", "audio")
 
 
 def _order(scores: torch.Tensor, index: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +61,7 @@ class ReusingStore(Latents):
     """A candidate store whose ``take`` / ``range`` copy into one buffer reused from call to call.
 
     The re-rank reads its candidates chunk by chunk and drops each chunk before reading the
-    next (:func:`.search.rerank_distances`); a fresh array per chunk costs more in page faults
+    next (:func:`.rerank.rerank_distances`); a fresh array per chunk costs more in page faults
     than the copy itself (bench VM: ~1 s to first-touch 520 MB, 0.05 s to copy it again). Only
     for consumers that never hold two results at once. Wraps a plain :class:`Latents`, or any
     store with ``take_into(idx, out) -> mask``.
@@ -109,23 +103,23 @@ class ReusingStore(Latents):
 
 
 def hybrid_topk(queries: Latents, candidates: Latents, direction: str, distance: DistanceSpec,
-                first: np.ndarray, topk: int, cfg: search.SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+                first: np.ndarray, topk: int, cfg: BlockConfig) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank each query's first-stage candidates ``first`` (Q, k) (-1 = none) by the sequence
     distance; (scores = -distance (Q, topk), index (Q, topk)) in ranking order."""
     idx = torch.from_numpy(np.ascontiguousarray(first, dtype=np.int64))
     missing = idx < 0
     if ReusingStore.wraps(candidates):
         candidates = ReusingStore(candidates)
-    d = search.rerank_distances(queries, candidates, direction, distance, idx.clamp(min=0), cfg)
+    d = rerank_distances(queries, candidates, direction, distance, idx.clamp(min=0), cfg)
     d[missing] = float("inf")
     return _order(-d, idx.masked_fill(missing, -1), min(topk, idx.shape[1]))
 
 
 def seq_topk(queries: Latents, candidates: Latents, direction: str, distance: DistanceSpec, topk: int,
-             cfg: search.SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+             cfg: BlockConfig) -> tuple[np.ndarray, np.ndarray]:
     """Exact sequence-distance top ``topk`` over all candidates; (scores = -distance, index)."""
     dev = torch.device(cfg.device)
-    q_block, c_chunk = search.seq_blocks(queries, candidates, cfg)
+    q_block, c_chunk = seq_blocks(queries, candidates, cfg)
     keys_out = torch.empty((len(queries), topk), dtype=torch.int64)
     for qa in range(0, len(queries), q_block):
         qb = min(qa + q_block, len(queries))
@@ -157,7 +151,7 @@ def rank(
     k: int | None = None,
     distance: DistanceSpec = DistanceSpec(),
     first_stage: FirstStageConfig = FirstStageConfig(),
-    search_cfg: search.SearchConfig = search.SearchConfig(),
+    block_cfg: BlockConfig = BlockConfig(),
     ann_index=None,
 ) -> Ranked:
     """Each query's top ``topk`` gallery rows by ``method``.
@@ -177,7 +171,7 @@ def rank(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if method == "seq":
-        scores, index = seq_topk(queries, candidates, direction, distance, topk, search_cfg)
+        scores, index = seq_topk(queries, candidates, direction, distance, topk, block_cfg)
         seconds["seq"] = time.perf_counter() - t0
         return Ranked(index, scores, None, seconds)
     width = topk if method == "agg" else k
@@ -188,6 +182,6 @@ def rank(
     if method == "agg":
         return Ranked(first.index, first.scores, first.method, seconds)
     t1 = time.perf_counter()
-    scores, index = hybrid_topk(queries, candidates, direction, distance, first.index, topk, search_cfg)
+    scores, index = hybrid_topk(queries, candidates, direction, distance, first.index, topk, block_cfg)
     seconds["rerank"] = time.perf_counter() - t1
     return Ranked(index, scores, first.method, seconds)

@@ -27,6 +27,7 @@ def run_report(req: ReportRequest, status=None) -> dict:
     from scav.sequence.metrics import summarize_ranks
 
     from . import gallery_index, search
+    from .blocks import BlockConfig
     from .config import RetrieveConfig
     from .evaluate import encode
     from .first_stage import normalize_rows
@@ -57,9 +58,9 @@ def run_report(req: ReportRequest, status=None) -> dict:
     q_mod, g_mod = sides(req.direction)
     q_lat = take_latents(getattr(enc.latents, q_mod), picked)
     candidates, cand_normed = gallery.side(g_mod)
-    scfg = search.SearchConfig(device=str(enc.device))
+    scfg = BlockConfig(device=str(enc.device))
     ranked = rank(q_lat, normalize_rows(q_lat.emb), candidates, cand_normed, req.direction, req.method, topk, k,
-                  enc.distance, search_cfg=scfg)
+                  enc.distance, block_cfg=scfg)
     context = record_context(req.checkpoint, enc.ckpt_meta, enc.cache_meta, enc.distance)
     records = build_records(clip_items([clips[i] for i in picked]), ranked, gallery.clips, q_mod, req.audio_track,
                             req.direction, req.method, k, context)

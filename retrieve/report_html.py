@@ -150,11 +150,12 @@ def _spread(times: np.ndarray, n: int) -> np.ndarray:
 
 
 def _pick_track(tracks: list, track: int | str):
-    """The decoded track ``schema.ClipInfo.find_track`` would pick (index or language tag), or None."""
-    if isinstance(track, int):
-        return tracks[track] if 0 <= track < len(tracks) else None
-    want = track.strip().lower()
-    return next((t for t in tracks if (t.language or "").lower() == want), None)
+    """The decoded track ``schema.ClipInfo.find_track`` picks (index or language tag), or None."""
+    from scav.core.schema import AudioTrack, ClipInfo
+
+    probe = ClipInfo("", "", tracks=[AudioTrack(j, t.language) for j, t in enumerate(tracks)])
+    j = probe.find_track(track)
+    return None if j is None else tracks[j]
 
 
 def _decode(path: Path, clip: _Clip, stored, n: int, audio_seconds: float, length: float | None):

@@ -220,7 +220,7 @@ def run_search(req: SearchRequest, status=None) -> SearchResult:
     q_mod, g_mod = sides(req.direction)
     candidates, cand_normed = gallery.side(g_mod)
     ranked = rank(q_lat[q_mod], normalize_rows(q_lat[q_mod].emb), candidates, cand_normed, req.direction,
-                  req.method, topk, k, spec, req.first_stage(str(device)), req.search_config(str(device)),
+                  req.method, topk, k, spec, req.first_stage(str(device)), req.block_config(str(device)),
                   _first_stage_index(req, gallery, g_mod))
     seconds.update(ranked.seconds)
 

@@ -19,10 +19,19 @@ from .config import PRECISIONS, SEARCH_METHODS
 ANN_CHOICES = ("exact", "ivf", "hnsw")
 BACKENDS = ("auto", "torch", "faiss")
 DEFAULT_FAISS_THRESHOLD = 100_000  # gallery size from which the exact first stage runs in FAISS
-DIRECTIONS = ("a2v", "v2a")  # = scav.retrieve.search.DIRECTIONS
+DIRECTIONS = ("a2v", "v2a")
+# direction -> (query modality, candidate modality): a2v = audio queries against videos
+_SIDES = {"a2v": ("audio", "video"), "v2a": ("video", "audio")}
 DEFAULT_CACHE = "features.zarr"
 DEFAULT_TOPK = 10
 DEFAULT_KS = (1, 5, 10, 20, 50)  # report: hybrid's k curve
+
+
+def sides(direction: str) -> tuple[str, str]:
+    """(query modality, candidate modality) of ``direction``: a2v = audio queries against videos."""
+    if direction not in _SIDES:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    return _SIDES[direction]
 
 
 @dataclass(frozen=True)
@@ -135,10 +144,10 @@ class SearchRequest:
         return FirstStageConfig(ann=self.ann, faiss_threshold=self.faiss_threshold, nlist=self.nlist,
                                 nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_search=self.ef_search, device=device)
 
-    def search_config(self, device: str):
-        from .search import SearchConfig
+    def block_config(self, device: str):
+        from .blocks import BlockConfig
 
-        return SearchConfig(query_block=self.query_block, candidate_chunk=self.candidate_chunk,
+        return BlockConfig(query_block=self.query_block, candidate_chunk=self.candidate_chunk,
                             device=device, precision=self.precision)
 
 

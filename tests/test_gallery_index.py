@@ -18,7 +18,7 @@ from scav.retrieve.gallery_index import (
     save_index,
 )
 from scav.retrieve.gallery_search import rank
-from scav.retrieve.search import SearchConfig
+from scav.retrieve.search import BlockConfig
 from scav.sequence.spec import DistanceSpec
 from scav.train.config import ObjectiveConfig
 from test_retrieve_cli import make_checkpoint
@@ -78,7 +78,7 @@ def test_search_over_index_equals_evaluation(saved, direction, resample):
     assert isinstance(gallery.video.seq, np.memmap)
     n, k = len(video), 9
     spec = DistanceSpec("euclidean", resample=resample)
-    cfg = SearchConfig(query_block=7, candidate_chunk=5)
+    cfg = BlockConfig(query_block=7, candidate_chunk=5)
     want = search.retrieve(video, audio, ("agg", "seq", "hybrid"), k, spec, cfg, directions=(direction,))[direction]
     queries = audio if direction == "a2v" else video
     cand_mod = "video" if direction == "a2v" else "audio"
@@ -111,7 +111,7 @@ def test_hybrid_reads_only_the_candidates(saved):
     CountingLatents.rows_read = 0
     q = Latents(audio.seq[: audio.offsets[3]], audio.offsets[:4], audio.emb[:3])  # 3 queries
     got = rank(q, normalize_rows(q.emb), cands, gallery.normed["video"], "a2v", "hybrid", 4, 4, DistanceSpec(),
-               FirstStageConfig(backend="torch"), SearchConfig())
+               FirstStageConfig(backend="torch"), BlockConfig())
     needed = int(cands.lengths[np.unique(got.index)].sum())
     assert needed <= CountingLatents.rows_read <= 2 * needed < int(cands.offsets[-1])
 

@@ -10,7 +10,7 @@ from scav.sequence.spec import DistanceSpec
 from scav.retrieve.search import (
     Latents,
     RunningTopK,
-    SearchConfig,
+    BlockConfig,
     agg_search,
     hybrid_rerank,
     key_index,
@@ -70,7 +70,7 @@ def naive_ranks(d_video_by_audio, direction):
 def test_seq_streaming_equals_naive_full_matrix(resample, blocks, uniform):
     (v, vm), (a, am) = make_pair(uniform=uniform)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    cfg = SearchConfig(query_block=blocks[0], candidate_chunk=blocks[1])
+    cfg = BlockConfig(query_block=blocks[0], candidate_chunk=blocks[1])
     dist = DistanceSpec("euclidean", resample)
     d = naive_distance(v, vm, a, am, resample)
     for ret_dir in ("a2v", "v2a"):
@@ -102,7 +102,7 @@ def test_agg_streaming_with_ties_equals_full_matrix():
     audio = Latents(ae.numpy().copy(), np.arange(n + 1), ae.numpy().copy())
     full = (F.normalize(ae.double(), dim=-1) @ F.normalize(ve.double(), dim=-1).T).float()  # a2v: rows = audio
     for qb, cb in [(7, 5), (31, 31), (1, 9)]:
-        ranks, topk = agg_search(audio, video, SearchConfig(query_block=qb, candidate_chunk=cb), k=6)
+        ranks, topk = agg_search(audio, video, BlockConfig(query_block=qb, candidate_chunk=cb), k=6)
         # exact duplicates must tie whatever the block layout (fp32 matmuls alone do not)
         assert torch.equal(ranks, ranks_from_scores(full)), (qb, cb)
         order = np.argsort(-full.numpy(), axis=1, kind="stable")[:, :6]
@@ -139,7 +139,7 @@ def test_rank_keys_order_like_stable_sort():
 def test_hybrid_extremes_equal_seq_and_agg(uniform, rerank):
     (v, vm), (a, am) = make_pair(n=19, uniform=uniform, seed=3)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    cfg = SearchConfig(query_block=6, candidate_chunk=4, rerank=rerank)
+    cfg = BlockConfig(query_block=6, candidate_chunk=4, rerank=rerank)
     dist = DistanceSpec("euclidean", "video")
     for direction in ("a2v", "v2a"):
         q, c = (audio, video) if direction == "a2v" else (video, audio)
@@ -173,7 +173,7 @@ def naive_hybrid_ranks(q, c, d_queries_by_candidates, k):
 def test_hybrid_middle_k_vs_naive(rerank):
     (v, vm), (a, am) = make_pair(n=17, seed=9)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    cfg = SearchConfig(query_block=5, candidate_chunk=6, rerank_budget_mb=1, rerank=rerank)
+    cfg = BlockConfig(query_block=5, candidate_chunk=6, rerank_budget_mb=1, rerank=rerank)
     dist = DistanceSpec("euclidean", "audio")
     d = naive_distance(v, vm, a, am, "audio")
     k = 5
@@ -189,7 +189,7 @@ def test_hybrid_sparse_union_vs_naive(rerank):
     not read as one span), and queries of one block have different target lengths."""
     (v, vm), (a, am) = make_pair(n=40, seed=17)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    cfg = SearchConfig(query_block=3, candidate_chunk=2, rerank=rerank)
+    cfg = BlockConfig(query_block=3, candidate_chunk=2, rerank=rerank)
     for resample in ("video", "audio"):
         dist = DistanceSpec("euclidean", resample)
         d = naive_distance(v, vm, a, am, resample)
@@ -224,11 +224,11 @@ def test_sampled_pairs_equal_naive_distance(resample, uniform):
 def test_sampled_rerank_needs_euclidean():
     (v, vm), (a, am) = make_pair(n=6, c=3)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
-    cfg = SearchConfig(rerank="sampled")
+    cfg = BlockConfig(rerank="sampled")
     with pytest.raises(ValueError, match="sampled"):
         hybrid_rerank(audio, video, "a2v", DistanceSpec("soft_dtw"), *agg_search(audio, video, cfg, k=2), cfg)
     with pytest.raises(ValueError, match="rerank must be"):
-        SearchConfig(rerank="fast").validate()
+        BlockConfig(rerank="fast").validate()
 
 
 def test_memmap_store_same_ranks(tmp_path):
@@ -240,7 +240,7 @@ def test_memmap_store_same_ranks(tmp_path):
         np.save(tmp_path / f"{name}_emb.npy", lat.emb)
     mv, ma = Latents.load(tmp_path, "video"), Latents.load(tmp_path, "audio")
     assert isinstance(mv.seq, np.memmap)
-    cfg = SearchConfig(query_block=4, candidate_chunk=6)
+    cfg = BlockConfig(query_block=4, candidate_chunk=6)
     r_ram = retrieve(video, audio, ("agg", "seq", "hybrid"), 3, DistanceSpec(), cfg)
     r_map = retrieve(mv, ma, ("agg", "seq", "hybrid"), 3, DistanceSpec(), cfg)
     for d in r_ram:
@@ -253,7 +253,7 @@ def test_soft_dtw_streaming_equals_full_matrix():
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     dist = DistanceSpec("soft_dtw", gamma=0.1)
     full = dist.matrix(v, vm, a, am)  # (video, audio)
-    cfg = SearchConfig(query_block=3, candidate_chunk=5)
+    cfg = BlockConfig(query_block=3, candidate_chunk=5)
     assert torch.equal(seq_search(audio, video, "a2v", dist, cfg), ranks_from_scores(-full.T))
     assert torch.equal(seq_search(video, audio, "v2a", dist, cfg), ranks_from_scores(-full))
     h = hybrid_rerank(audio, video, "a2v", dist, *agg_search(audio, video, cfg, k=8), cfg)
@@ -264,7 +264,7 @@ def test_fewer_queries_than_candidates():
     (v, vm), (a, am) = make_pair(n=14, seed=21)
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     d = naive_distance(v, vm, a, am, "video")
-    cfg = SearchConfig(query_block=3, candidate_chunk=4)
+    cfg = BlockConfig(query_block=3, candidate_chunk=4)
     dist = DistanceSpec("euclidean", "video")
     q = audio.head(6)
     got = seq_search(q, video, "a2v", dist, cfg)

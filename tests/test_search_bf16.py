@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scav.model.latents import Latents
-from scav.retrieve.search import SearchConfig, seq_search
+from scav.retrieve.search import BlockConfig, seq_search
 from scav.sequence.euclidean import _sq_dist_flat
 from scav.sequence.metrics import summarize_ranks
 from scav.sequence.spec import DistanceSpec
@@ -36,8 +36,8 @@ def test_bf16_recall_within_a_tenth_of_a_point_of_fp32():
     spec = DistanceSpec("euclidean", resample="video")
     changed = 0
     for direction, q, c in (("a2v", audio, video), ("v2a", video, audio)):
-        r32 = seq_search(q, c, direction, spec, SearchConfig(precision="fp32"))
-        r16 = seq_search(q, c, direction, spec, SearchConfig(precision="bf16", query_block=128, candidate_chunk=100))
+        r32 = seq_search(q, c, direction, spec, BlockConfig(precision="fp32"))
+        r16 = seq_search(q, c, direction, spec, BlockConfig(precision="bf16", query_block=128, candidate_chunk=100))
         s32, s16 = summarize_ranks(r32), summarize_ranks(r16)
         for key in ("R@1", "R@5"):
             assert abs(s32[key] - s16[key]) <= 0.1, (direction, key, s32[key], s16[key])
@@ -66,6 +66,6 @@ def test_bf16_only_for_the_interpolated_euclidean():
         DistanceSpec("soft_dtw").matrix(x, m, x, m, precision="bf16")
     lat = Latents.from_padded(x, m)
     with pytest.raises(ValueError):
-        seq_search(lat, lat, "a2v", DistanceSpec("wasserstein"), SearchConfig(precision="bf16"))
+        seq_search(lat, lat, "a2v", DistanceSpec("wasserstein"), BlockConfig(precision="bf16"))
     with pytest.raises(ValueError):
-        SearchConfig(precision="int8").validate()
+        BlockConfig(precision="int8").validate()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scav.retrieve import search
+from scav.retrieve import blocks, search
 from scav.retrieve.config import RetrieveConfig
 from scav.retrieve.search import (
     AGG_CELL_BYTES,
     SEQ_CELL_BYTES,
     Latents,
-    SearchConfig,
+    BlockConfig,
     agg_search,
     hybrid_rerank,
     plan_blocks,
@@ -75,7 +75,7 @@ def latents(n, seed, lengths):
 @pytest.mark.parametrize("resample", ["video", "audio"])
 def test_auto_blocks_rank_like_the_full_matrix(monkeypatch, free, resample):
     """Whatever the free memory, 'auto' gives the ranks of the full (Q, N) matrix."""
-    monkeypatch.setattr(search, "free_memory_bytes", lambda device: free)
+    monkeypatch.setattr(blocks, "free_memory_bytes", lambda device: free)
     n = 29
     g = torch.Generator().manual_seed(3)
     v, vm = latents(n, 0, torch.randint(3, 12, (n,), generator=g).tolist())
@@ -83,15 +83,15 @@ def test_auto_blocks_rank_like_the_full_matrix(monkeypatch, free, resample):
     video, audio = Latents.from_padded(v, vm), Latents.from_padded(a, am)
     spec = DistanceSpec("euclidean", resample)
     full = spec.matrix(v, vm, a, am)  # (video, audio)
-    cfg = SearchConfig()  # auto, auto
+    cfg = BlockConfig()  # auto, auto
     for direction, q, c, d in (("a2v", audio, video, full.T), ("v2a", video, audio, full)):
         want = ranks_from_scores(-d)
         assert torch.equal(seq_search(q, c, direction, spec, cfg), want), (direction, free)
-        explicit = SearchConfig(query_block=4, candidate_chunk=7)
+        explicit = BlockConfig(query_block=4, candidate_chunk=7)
         assert torch.equal(seq_search(q, c, direction, spec, explicit), want)
         agg_ranks, topk = agg_search(q, c, cfg, k=n)
         assert torch.equal(agg_ranks, agg_search(q, c, explicit)[0])
-        union = SearchConfig(rerank="union")
+        union = BlockConfig(rerank="union")
         assert torch.equal(hybrid_rerank(q, c, direction, spec, agg_ranks, topk, union), want)
 
 
@@ -102,7 +102,7 @@ def test_config_block_sizes_validate():
         with pytest.raises(ValueError):
             RetrieveConfig(checkpoint="c", split="s", query_block=bad).validate()
         with pytest.raises(ValueError):
-            SearchConfig(candidate_chunk=bad).validate()
+            BlockConfig(candidate_chunk=bad).validate()
     with pytest.raises(ValueError):
         RetrieveConfig(checkpoint="c", split="s", precision="fp16").validate()
 

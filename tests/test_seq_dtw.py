@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scav.model.latents import Latents
-from scav.retrieve.search import SearchConfig, agg_search, hybrid_rerank, seq_search
+from scav.retrieve.search import BlockConfig, agg_search, hybrid_rerank, seq_search
 from scav.sequence.distances import soft_dtw_matrix
 from scav.sequence.dtw import dtw_matrix
 from scav.sequence.metrics import ranks_from_scores
@@ -64,7 +64,7 @@ def test_hard_dtw_search_equals_full_matrix():
     video, audio = Latents.from_padded(v.float(), vm), Latents.from_padded(a.float(), am)
     spec = DistanceSpec("soft_dtw", gamma=0.0)
     full = spec.matrix(v.float(), vm, a.float(), am)  # (video, audio)
-    cfg = SearchConfig(query_block=3, candidate_chunk=2)
+    cfg = BlockConfig(query_block=3, candidate_chunk=2)
     assert torch.equal(seq_search(audio, video, "a2v", spec, cfg), ranks_from_scores(-full.T))
     assert torch.equal(seq_search(video, audio, "v2a", spec, cfg), ranks_from_scores(-full))
     h = hybrid_rerank(audio, video, "a2v", spec, *agg_search(audio, video, cfg, k=7), cfg)
