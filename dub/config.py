@@ -94,7 +94,7 @@ class DubConfig:
     limit: int | None = None  # only the first N media files of the manifest
     retry_failed: bool = False
     onset_tolerance: float = 0.1  # s
-    loudness_tolerance: float = 1.0  # LU
+    loudness_tolerance: float = 0.5  # LU, whole track (quality.py)
     min_background_correlation: float = 0.9
     progress: bool = True
 
@@ -126,8 +126,8 @@ class DubConfig:
         self.stages.validate()
 
     def job_key(self, stage_names: dict[str, str]) -> dict:
-        """What a finished file must have been made with to be skipped on a rerun."""
-        return {"targets": list(self.targets), "source_language": self.source_language,
+        """What a track must have been made with to be kept as done on a rerun (recorded per language)."""
+        return {"source_language": self.source_language,
                 "stages": stage_names, "sample_rate": self.sample_rate, "bit_rate": self.bit_rate}
 
 

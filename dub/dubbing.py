@@ -18,6 +18,7 @@ import numpy as np
 
 from .audio_io import original_index, read_audio, write_wav
 from .config import DubConfig, MediaInfo
+from .languages import language_tag
 from .plan import MediaJob
 from .records import MEDIA_DIR
 from .registry import bind_stages
@@ -171,26 +172,46 @@ def check_language(cfg: DubConfig, original, new, speech: np.ndarray, background
         # synthesised / original duration per segment (> 1: the dub had to be sped up)
         "stretch_rate": {"min": min(rates), "median": float(np.median(rates)), "max": max(rates)} if rates else None,
         "clipped_fraction": made["clipped_fraction"],
+        "remix_gain_db": {"speech": made["speech_gain_db"], "track": made["track_gain_db"]},
     }
 
 
-def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path, out_path: Path) -> dict:
-    """Dub one media file to ``out_path``; returns its record (raises StageError on failure)."""
+def _tag(tag: str | None) -> str:
+    """A track's language in the form targets have ('' when untagged or not a language tag)."""
+    try:
+        return language_tag(tag) if tag else ""
+    except ValueError:
+        return str(tag).lower()
+
+
+def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path, out_path: Path,
+              previous: dict | None = None) -> dict:
+    """Dub one media file to ``out_path``; returns its record (raises StageError on failure).
+
+    ``previous``: the record of an earlier run whose output (``out_path``) holds tracks in other
+    languages: the new file is then made from that output (its tracks in this run's targets
+    dropped), so that the earlier languages are kept; the input media file is read, never written.
+    """
     from ..extract.decode import DecodeError
+    from .loudness import remix_to_loudness
     from .mux import MuxError, NewTrack, mux_tracks
 
     sr = cfg.sample_rate
     timer = _Timer()
     keep = _Keep(cfg.keep_stages, job.key, sr)
+    kept = {k: v for k, v in (previous or {}).get("languages", {}).items() if k not in cfg.targets}
+    base = out_path if kept else job.source  # the file whose streams are copied
     with timer("decode"):
         try:
-            tracks = read_audio(job.source, sr)
+            tracks = read_audio(base, sr)
         except DecodeError as e:
             raise StageError("decode", f"{e.stage}: {e.reason}") from None
+    # an earlier run's dub in one of this run's targets is made again: its stream is not copied
+    drop = [k for k, t in enumerate(tracks) if kept and not t.original and _tag(t.language) in cfg.targets]
+    tracks = [t for k, t in enumerate(tracks) if k not in drop]
     k_orig = original_index(tracks)
     original = tracks[k_orig]
-    have = {(t.language or "").lower() for t in tracks} | {
-        t.language.lower() for r in job.rows for t in r.audio_tracks}
+    have = {_tag(t.language) for t in tracks} | {_tag(t.language) for r in job.rows for t in r.audio_tracks}
     if any(t.original for r in job.rows for t in r.audio_tracks):
         raise StageError("plan", "the manifest marks an original track in a separate file; scav-dub reads the "
                                  "original from the media file itself (mux that track into it first)")
@@ -238,7 +259,11 @@ def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path
             e.language = target  # the failure row says which language
             raise
         with timer("remix"):
-            mix = new_speech + background
+            # the whole track to the original's loudness: the stems alone lose what the separated
+            # speech and background share (dub/loudness.py, remix_to_loudness)
+            remix = remix_to_loudness(background, new_speech, x, sr)
+            new_speech = remix.speech
+            mix = remix.track
             clipped = float(np.mean(np.abs(mix) > 1.0))
             mix = np.clip(mix, -1.0, 1.0)
         keep.wav(f"{target}/matched", new_speech)
@@ -246,14 +271,12 @@ def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path
         keep.json(f"{target}/segments", entries)
         new_tracks.append(NewTrack(mix, sr, target, cfg.bit_rate))
         per_language[target] = {"language": target, "speech": new_speech, "entries": entries,
-                                 "clipped_fraction": clipped}
+                                 "clipped_fraction": clipped, "speech_gain_db": round(remix.speech_gain_db, 3),
+                                 "track_gain_db": round(remix.track_gain_db, 3)}
 
     with timer("mux"):
-        from ..core.files import remove_stale_tmp
-
-        remove_stale_tmp(out_path)
         try:
-            mux = mux_tracks(job.source, out_path, new_tracks)
+            mux = mux_tracks(base, out_path, new_tracks, drop_audio=drop)
         except (MuxError, ValueError) as e:
             raise StageError("mux", str(e)) from None
 
@@ -265,6 +288,7 @@ def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path
         languages = {target: check_language(cfg, written[k_orig], written[len(tracks) + j], speech, background,
                                             per_language[target])
                      for j, target in enumerate(cfg.targets)}
+    languages = kept | languages
     return {
         "status": "done",
         "path": job.path,

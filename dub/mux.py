@@ -83,8 +83,13 @@ def check_track(track: NewTrack) -> None:
         raise ValueError(f"track {track.language}: sample rate {track.sample_rate} Hz is below 8 kHz")
 
 
-def mux_tracks(src: str | os.PathLike, dst: str | os.PathLike, tracks: Sequence[NewTrack]) -> MuxResult:
+def mux_tracks(src: str | os.PathLike, dst: str | os.PathLike, tracks: Sequence[NewTrack],
+               drop_audio: Sequence[int] = ()) -> MuxResult:
     """Write ``dst`` (mp4): ``src``'s streams copied, plus ``tracks`` as AAC dubs.
+
+    ``drop_audio``: positions among ``src``'s audio streams (0 = its first audio stream) not to
+    copy (an earlier dub being made again). ``src`` may be ``dst`` itself: it is read whole before
+    the new file replaces it.
 
     Raises MuxError (input unreadable, a stream mp4 cannot hold, an encoder error) and
     ValueError (a bad track); ``dst`` is then left as it was.
@@ -104,7 +109,7 @@ def mux_tracks(src: str | os.PathLike, dst: str | os.PathLike, tracks: Sequence[
         with atomic_path(dst) as tmp:
             out = av.open(str(tmp), mode="w", format="mp4")
             try:
-                result = _mux(inp, out, tracks)
+                result = _mux(inp, out, tracks, set(drop_audio))
             except av.FFmpegError as e:
                 raise MuxError(f"{type(e).__name__}: {e}") from None
             finally:
@@ -115,14 +120,18 @@ def mux_tracks(src: str | os.PathLike, dst: str | os.PathLike, tracks: Sequence[
     return result
 
 
-def _mux(inp, out, tracks: Sequence[NewTrack]) -> MuxResult:
+def _mux(inp, out, tracks: Sequence[NewTrack], drop_audio: set[int]) -> MuxResult:
     from av.stream import Disposition
 
     result = MuxResult(path=Path())
     mapping = {}
+    audio_pos = {s.index: k for k, s in enumerate(inp.streams.audio)}
     for s in inp.streams:
         if s.type not in ("video", "audio", "subtitle"):
             result.skipped.append(f"{s.index} ({s.type})")
+            continue
+        if audio_pos.get(s.index) in drop_audio:
+            result.skipped.append(f"{s.index} (audio, replaced)")
             continue
         o = out.add_stream_from_template(s)
         lang = s.metadata.get("language")

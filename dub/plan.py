@@ -46,3 +46,38 @@ def plan_jobs(rows: Sequence[ManifestRow], media_root: Path) -> list[MediaJob]:
             jobs[src] = MediaJob(key, src, [])
         jobs[src].rows.append(r)
     return list(jobs.values())
+
+
+def media_paths(rows: Sequence[ManifestRow], media_root: Path) -> list[Path]:
+    """Every media file a run reads (resolved): each row's file and each separate audio-track file."""
+    paths = set()
+    for r in rows:
+        paths.add(r.resolve(media_root).resolve())
+        paths.update(t.resolve(media_root).resolve() for t in r.audio_tracks)
+    return sorted(paths)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out(out: Path, manifest: Path, media: Sequence[Path], keep_stages: Path | None = None) -> None:
+    """ValueError (one line) unless a run writing ``out`` (and ``keep_stages``) leaves every input untouched.
+
+    Refused: a folder that equals or contains an input (the manifest, a media or track file: a
+    run's outputs could land on them), and a folder inside a folder that holds input media (the
+    outputs would mix with the inputs).
+    """
+    inputs = [Path(manifest).resolve(), *media]
+    for flag, folder in (("--out", out), ("--keep-stages", keep_stages)):
+        if folder is None:
+            continue
+        folder = Path(folder).resolve()
+        for p in inputs:
+            if _inside(p, folder):
+                raise ValueError(f"{flag} {folder} contains an input of this run ({p}); scav-dub never writes "
+                                 "where its inputs are: choose a folder of its own")
+        for p in media:
+            if _inside(folder, p.parent):
+                raise ValueError(f"{flag} {folder} lies inside the folder of the input media {p}; scav-dub never "
+                                 "writes among its inputs: choose a folder outside it")

@@ -3,10 +3,12 @@ trusts), the manifest of the finished files, failures.csv and the report."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,39 @@ def write_outputs(cfg: DubConfig, out: Path, media_root: Path, done: list[MediaJ
             w.writeheader()
             w.writerows(failures)
     return manifest_path
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s writer lock (core/writer_lock.py, as scav-extract's) for a whole run; a second run
+    on the same folder is refused with a ValueError naming the holder."""
+    from ..core.schema import CacheError
+    from ..core.writer_lock import HOLDER_FILE, CacheLock
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = CacheLock(out)
+    except CacheError:
+        try:
+            h = json.loads((out / HOLDER_FILE).read_text())
+            holder = f"pid {h['pid']} on {h['host']}, since {h['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            holder = "another process"
+        raise ValueError(f"{out} is being written by another scav-dub run ({holder}); wait for it to finish "
+                         "(a rerun then does only what is missing) or use another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def sweep_stale_tmp(out: Path, keys: list[str]) -> list[Path]:
+    """Remove the temporaries of every file a run writes in ``out`` that dead processes left (kill -9
+    during a write); ``keys`` are the media keys of the run's files."""
+    from ..core.files import remove_stale_tmp
+
+    targets = [out / MANIFEST_NAME, out / FAILURES_NAME, out / REPORT_NAME]
+    for key in keys:
+        targets += [out / MEDIA_DIR / key, record_path(out, key)]
+    return [p for t in targets for p in remove_stale_tmp(t)]
