@@ -300,7 +300,7 @@ def bench_training_step(path, ids, args) -> None:
 def _small_model():
     try:
         from scav.model.network import SCAVModel
-        from scav.train.config import ModelConfig, ObjectiveConfig
+        from scav.model.config import ModelConfig, ObjectiveConfig
 
         cfg = ModelConfig(c=64, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=128,
                           audio_mlp_hidden=128)

@@ -49,7 +49,8 @@ from scav.core.device import resolve_device
 from scav.core.loader import Batch, make_train_loader
 from scav.core.schema import AudioTrack, ClipInfo, EncoderInfo
 from scav.train import ddp, loop
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 
 GB = 1024**3
 # Table I (V100-32GB): the paper's max batch per configuration.

@@ -170,7 +170,8 @@ def oracle_check(cache_path: Path, split: str = "test") -> dict | None:
 
 
 def train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
-    from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+    from scav.model.config import ModelConfig, ObjectiveConfig
+    from scav.train.config import TrainConfig
 
     return TrainConfig(
         cache=str(cache), out=str(out), split="train", val_clips=cfg.val_clips, val_every=cfg.val_every,

@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and primitive types only (it loads with
 ``torch.load(weights_only=True)``)::
 
     model             state_dict of SCAVModel
-    config            TrainConfig as a nested plain dict
+    config            the run's config as a nested plain dict (scav.train's TrainConfig.to_dict());
+                      reading a model needs only its 'model' and 'objective' entries
     schema_version    cache schema version the features followed
     cache_fingerprint CacheMeta.fingerprint() of the training cache
     encoders          {'video': EncoderInfo dict, 'audio': EncoderInfo dict}
@@ -22,8 +23,8 @@ from typing import Any
 import torch
 from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.schema import CacheError, CacheMeta, EncoderInfo
-from scav.train.config import TrainConfig
 
+from .config import ModelConfig, ObjectiveConfig
 from .network import SCAVModel
 
 REQUIRED_KEYS = ("model", "config", "schema_version", "cache_fingerprint", "encoders", "video_dim", "audio_dim", "step")
@@ -42,8 +43,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
-def make_payload(model: SCAVModel, cfg: TrainConfig, cache_meta: CacheMeta, step: int, **extra) -> dict[str, Any]:
-    """The common part of every checkpoint (see module docstring)."""
+def make_payload(model: SCAVModel, cfg, cache_meta: CacheMeta, step: int, **extra) -> dict[str, Any]:
+    """The common part of every checkpoint (see module docstring); ``cfg`` has ``to_dict()``
+    with 'model' and 'objective' entries (a training run's config)."""
     return {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(),
@@ -75,20 +77,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """-> (SCAVModel in eval mode, TrainConfig, meta dict).
+    """-> (SCAVModel in eval mode, ObjectiveConfig, meta dict).
 
-    meta: schema_version, cache_fingerprint, encoders (EncoderInfo per modality),
-    video_dim, audio_dim, step, averaged_from (or None).
+    meta: config (the run's config as stored, a plain dict), schema_version,
+    cache_fingerprint, encoders (EncoderInfo per modality), video_dim, audio_dim, step,
+    averaged_from (or None).
     """
     ckpt = read_checkpoint(path, map_location)
     try:
-        cfg = TrainConfig.from_dict(ckpt["config"])
-        model = SCAVModel(cfg.model, int(ckpt["video_dim"]), int(ckpt["audio_dim"]), cfg.objective)
+        stored = ckpt["config"]
+        model_cfg = ModelConfig(**stored["model"])
+        objective = ObjectiveConfig(**stored["objective"])
+        model_cfg.validate()
+        objective.validate()
+        model = SCAVModel(model_cfg, int(ckpt["video_dim"]), int(ckpt["audio_dim"]), objective)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: config or weights do not fit a SCAV model: {e}") from e
     model.to(map_location).eval()
     meta = {
+        "config": stored,
         "schema_version": ckpt["schema_version"],
         "cache_fingerprint": ckpt["cache_fingerprint"],
         "encoders": {m: EncoderInfo.from_dict(d) for m, d in ckpt["encoders"].items()},
@@ -97,7 +105,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         "step": int(ckpt["step"]),
         "averaged_from": ckpt.get("averaged_from"),
     }
-    return model, cfg, meta
+    return model, objective, meta
 
 
 def check_cache_matches(meta: dict[str, Any], cache_meta: CacheMeta, what: str = "this checkpoint") -> None:
@@ -130,3 +138,30 @@ def average_state_dicts(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dic
     ref = first["model"]
     avg = {k: (v / n).to(ref[k].dtype) if ref[k].is_floating_point() else v for k, v in acc.items()}
     return avg, first
+
+
+def load_trained(checkpoint: str | os.PathLike, cache_meta: CacheMeta, device: torch.device | str = "cpu",
+                 dtw_gamma: float | None = None):
+    """-> (model in eval mode, ObjectiveConfig, checkpoint meta, DistanceSpec) for features of
+    ``cache_meta``: what every consumer of a trained model (retrieval, search, probes) loads.
+
+    The spec is the training distance (``distance_spec``), with soft-DTW's gamma replaced
+    when ``dtw_gamma`` is given (0 = hard DTW). Raises CheckpointError / CacheError / ValueError.
+    """
+    from .objective import distance_spec
+
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"no checkpoint at {checkpoint}")
+    model, objective, meta = load_model(checkpoint, map_location=device)
+    check_cache_matches(meta, cache_meta, what=f"checkpoint {checkpoint}")
+    if meta["video_dim"] != cache_meta.video.dim or meta["audio_dim"] != cache_meta.audio.dim:
+        raise CacheError(
+            f"checkpoint expects feature sizes video={meta['video_dim']}, audio={meta['audio_dim']}; "
+            f"the cache holds video={cache_meta.video.dim}, audio={cache_meta.audio.dim}"
+        )
+    spec = distance_spec(objective)
+    if dtw_gamma is not None:
+        if spec.name != "soft_dtw":
+            raise ValueError(f"--dtw-gamma applies to soft-DTW models; {checkpoint} uses {spec.label}")
+        spec = spec.with_gamma(dtw_gamma)
+    return model, objective, meta, spec

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from scav.sequence.interpolation import interpolate_to_lengths
 from scav.sequence.pooling import masked_mean
-from scav.train.config import ModelConfig, ObjectiveConfig
+from .config import ModelConfig, ObjectiveConfig
 from torch import nn
 
 

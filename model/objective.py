@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 from scav.sequence import losses
 from scav.sequence.spec import DistanceSpec
-from scav.train.config import ObjectiveConfig
+from .config import ObjectiveConfig
 
 
 @lru_cache(maxsize=32)

@@ -1,6 +1,6 @@
 """Pooled clip embeddings of labelled splits for a trained checkpoint (the probe's inputs).
 
-The encoding is retrieval's: :func:`scav.retrieve.evaluate.load_trained` loads and checks
+The encoding is retrieval's: :func:`scav.model.checkpoint.load_trained` loads and checks
 the checkpoint, :func:`scav.model.embed.embed_split` runs the model and mean-pools each
 clip's valid latent steps (the model's own pooling). Here we only choose the clips (both
 modalities present, as the model encodes both; a label) and the modality:
@@ -18,7 +18,7 @@ import torch
 from scav.core.cache import FeatureCache
 from scav.core.schema import CacheError, ClipInfo, TrackSelector
 from scav.model import embed
-from scav.retrieve.evaluate import load_trained
+from scav.model.checkpoint import load_trained
 
 from .config import MODALITIES
 

@@ -1,6 +1,6 @@
 """One retrieval run (``scav-retrieve`` without the CLI): encode -> search -> report.
 
-- :func:`encode`: load the checkpoint (the one place retrieval reads scav.train), check it
+- :func:`encode`: load the checkpoint (:func:`scav.model.checkpoint.load_trained`), check it
   against the cache, build its :class:`~scav.sequence.spec.DistanceSpec`, and embed the split
   (or reuse an export).
 - :func:`search_split`: agg / seq / hybrid ranks in both directions (:mod:`.search`).
@@ -12,10 +12,10 @@ hybrid: agg top-k re-ranked by seq; a partner outside the top-k keeps its agg ra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from scav.core.cache import FeatureCache
@@ -23,17 +23,16 @@ from scav.core.cli import write_json
 from scav.core.device import resolve_device
 from scav.core.schema import CacheError, CacheMeta
 from scav.model import embed
-from scav.model.checkpoint import CheckpointError, check_cache_matches, load_model
-from scav.model.objective import distance_spec
+from scav.model.checkpoint import load_trained
+from scav.model.config import ObjectiveConfig
 from scav.sequence.metrics import summarize_ranks
 from scav.sequence.spec import DistanceSpec
-from scav.train.config import TrainConfig
 
 from . import search
 from .blocks import BlockConfig
 from .config import DEFAULT_K, RetrieveConfig
 
-__all__ = ["RetrieveConfig", "Encoded", "load_trained", "encode", "search_split", "report", "run"]
+__all__ = ["RetrieveConfig", "Encoded", "encode", "search_split", "report", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -43,36 +42,13 @@ class Encoded:
     """A split encoded by a trained model, ready to search."""
 
     latents: embed.SplitLatents
-    train_cfg: TrainConfig
+    objective: ObjectiveConfig
     ckpt_meta: dict  # from scav.model.checkpoint.load_model
     cache_meta: CacheMeta
     distance: DistanceSpec
     device: torch.device
     skipped: int  # clips left out (no video or no audio steps)
     seconds: float
-
-
-def load_trained(checkpoint: str, cache_meta: CacheMeta, device: torch.device, dtw_gamma: float | None = None):
-    """-> (model in eval mode, TrainConfig, checkpoint meta, DistanceSpec) for ``cache_meta``.
-
-    The spec is the training distance (``distance_spec``), with soft-DTW's gamma replaced
-    when ``dtw_gamma`` is given (0 = hard DTW). Raises CheckpointError / CacheError / ValueError.
-    """
-    if not Path(checkpoint).is_file():
-        raise CheckpointError(f"no checkpoint at {checkpoint}")
-    model, train_cfg, meta = load_model(checkpoint, map_location=device)
-    check_cache_matches(meta, cache_meta, what=f"checkpoint {checkpoint}")
-    if meta["video_dim"] != cache_meta.video.dim or meta["audio_dim"] != cache_meta.audio.dim:
-        raise CacheError(
-            f"checkpoint expects feature sizes video={meta['video_dim']}, audio={meta['audio_dim']}; "
-            f"the cache holds video={cache_meta.video.dim}, audio={cache_meta.audio.dim}"
-        )
-    spec = distance_spec(train_cfg.objective)
-    if dtw_gamma is not None:
-        if spec.name != "soft_dtw":
-            raise ValueError(f"--dtw-gamma applies to soft-DTW models; {checkpoint} uses {spec.label}")
-        spec = spec.with_gamma(dtw_gamma)
-    return model, train_cfg, meta, spec
 
 
 def _hybrid_k(cfg: RetrieveConfig, n: int) -> int:
@@ -91,7 +67,7 @@ def encode(cfg: RetrieveConfig, cache: FeatureCache, progress=None) -> Encoded:
         raise CacheError(f"split {cfg.split!r} has no clip with both video steps and audio track {cfg.audio_track!r}")
     _hybrid_k(cfg, len(clips))  # a bad k fails before the (long) encoding
     device = resolve_device(cfg.device)
-    model, train_cfg, meta, spec = load_trained(cfg.checkpoint, cache.meta, device, cfg.dtw_gamma)
+    model, objective, meta, spec = load_trained(cfg.checkpoint, cache.meta, device, cfg.dtw_gamma)
 
     t0 = time.perf_counter()
     kw = dict(batch_size=cfg.batch_size, device=device, progress=progress, track=cfg.audio_track)
@@ -103,14 +79,14 @@ def encode(cfg: RetrieveConfig, cache: FeatureCache, progress=None) -> Encoded:
                 "checkpoint": str(cfg.checkpoint), "step": meta["step"], "split": cfg.split,
                 "cache": str(cfg.cache), "cache_fingerprint": cache.meta.fingerprint(),
                 "encoders": {m: e.to_dict() for m, e in meta["encoders"].items()},
-                "objective": train_cfg.to_dict()["objective"], "clips": len(clips), "audio_track": cfg.audio_track,
+                "objective": dataclasses.asdict(objective), "clips": len(clips), "audio_track": cfg.audio_track,
             }
             lat = embed.embed_and_export(model, cfg.cache, cache.meta, cfg.split, clips, folder, export_meta, **kw)
         else:
             log.info("reusing the latents exported in %s", folder)
     else:
         lat = embed.embed_split(model, cfg.cache, cache.meta, cfg.split, clips, **kw)
-    return Encoded(lat, train_cfg, meta, cache.meta, spec, device, len(skipped), time.perf_counter() - t0)
+    return Encoded(lat, objective, meta, cache.meta, spec, device, len(skipped), time.perf_counter() - t0)
 
 
 def search_split(cfg: RetrieveConfig, enc: Encoded) -> dict[str, search.DirectionResult]:
@@ -131,7 +107,7 @@ def report(cfg: RetrieveConfig, enc: Encoded, results: dict[str, search.Directio
         }
         for m in cfg.methods
     }
-    objective = enc.train_cfg.objective
+    objective = enc.objective
     out = {
         "split": cfg.split,
         "method": cfg.method,

@@ -13,7 +13,7 @@ from scav.model.network import (
     relative_position_bucket,
 )
 from scav.sequence.distances import interpolate_to_lengths
-from scav.train.config import ModelConfig, ObjectiveConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
 
 TINY = ModelConfig(c=32, video_layers=2, audio_layers=1, heads=4, video_mlp_hidden=48, audio_mlp_hidden=40, dropout=0.1,
                    rel_pos_buckets=8, rel_pos_max_distance=16)

@@ -21,7 +21,8 @@ from scav.probe.embeddings import embed_labelled, labelled_clips
 from scav.probe.metrics import average_precision, mean_average_precision, top1
 from scav.probe.pipeline import run
 from scav.probe.train_probe import evaluate, fit_probe
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, average_precision_score
 from typer.testing import CliRunner

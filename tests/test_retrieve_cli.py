@@ -18,7 +18,8 @@ from scav.model.objective import sequence_distance
 from scav.retrieve.cli import app
 from scav.retrieve.evaluate import RetrieveConfig, run
 from scav.sequence.metrics import ranks_from_scores, summarize_ranks
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from typer.testing import CliRunner
 
 TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
@@ -45,7 +46,7 @@ def independent_ranks(cache_path, ckpt_path, split):
     """Each clip encoded alone (no padding), full matrices, ranks by the metrics module."""
     from scav.model.checkpoint import load_model
 
-    model, cfg, _ = load_model(ckpt_path)
+    model, objective, _ = load_model(ckpt_path)
     cache = FeatureCache.open(cache_path)
     v, vm, a, am = encode_each_alone(model, cache, cache.clips(split))
     vs = [x[: int(m.sum())] for x, m in zip(v, vm)]
@@ -54,7 +55,7 @@ def independent_ranks(cache_path, ckpt_path, split):
     ae = torch.stack([x.mean(0) for x in as_])
     cos = F.normalize(ve.double(), dim=-1) @ F.normalize(ae.double(), dim=-1).T  # (video, audio)
     with torch.no_grad():
-        d = sequence_distance(cfg.objective, v, vm, a, am)
+        d = sequence_distance(objective, v, vm, a, am)
     return {
         "agg": {"a2v": ranks_from_scores(cos.T.float()), "v2a": ranks_from_scores(cos.float())},
         "seq": {"a2v": ranks_from_scores(-d.T), "v2a": ranks_from_scores(-d)},

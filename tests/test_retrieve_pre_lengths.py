@@ -13,7 +13,7 @@ from scav.core.schema import AudioTrack, CacheError, ClipInfo
 from scav.model.clip_lengths import pre_lengths
 from scav.model.embed import embed_split, latent_lengths
 from scav.model.network import SCAVModel
-from scav.train.config import ModelConfig, ObjectiveConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
 
 TINY = ModelConfig(c=8, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=16, audio_mlp_hidden=16, dropout=0.0)
 PRE_VIDEO = ObjectiveConfig(kind="scav", interp="pre", resample="video")

@@ -15,7 +15,7 @@ from scav.model.objective import sequence_distance
 from scav.retrieve.cli import app
 from scav.retrieve.search_command import run_search
 from scav.retrieve.search_config import SearchRequest
-from scav.train.config import ObjectiveConfig
+from scav.model.config import ObjectiveConfig
 from test_retrieve_cli import TINY, make_checkpoint
 from typer.testing import CliRunner
 
@@ -35,14 +35,14 @@ def setup(tmp_path_factory):
 
 def independent_lists(cache_path, ckpt, split, direction, k, topk):
     """Every clip encoded alone; full matrices; per query the ids of agg / seq / hybrid's top lists."""
-    model, cfg, _ = load_model(ckpt)
+    model, objective, _ = load_model(ckpt)
     cache = FeatureCache.open(cache_path)
     clips = cache.clips(split)
     v, vm, a, am = encode_each_alone(model, cache, clips)
     ve = torch.stack([x[m].mean(0) for x, m in zip(v, vm)]).double()
     ae = torch.stack([x[m].mean(0) for x, m in zip(a, am)]).double()
     with torch.no_grad():
-        d = sequence_distance(cfg.objective, v, vm, a, am).double()  # (video, audio)
+        d = sequence_distance(objective, v, vm, a, am).double()  # (video, audio)
     cos = F.normalize(ve, dim=-1) @ F.normalize(ae, dim=-1).T
     if direction == "a2v":  # rows = audio queries
         cos, d = cos.T, d.T

@@ -10,7 +10,7 @@ import torch
 from scav.model.objective import distance_spec, sequence_distance
 from scav.sequence.distances import interp_euclidean_matrix, soft_dtw_matrix
 from scav.sequence.spec import DistanceSpec
-from scav.train.config import ObjectiveConfig
+from scav.model.config import ObjectiveConfig
 
 
 def batch(lengths, dim, seed):

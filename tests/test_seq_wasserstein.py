@@ -134,24 +134,21 @@ def test_spec_uses_the_scaled_position_term_and_relative_eps():
         wasserstein_matrix(x, xm, y, ym, pos_scale="median")
 
 
-def test_old_configs_keep_the_absolute_wasserstein_they_were_trained_with():
-    """A config.json / checkpoint of an earlier release (no wasserstein_scale) reads as 'none';
-    new configs default to 'step_mean'; the spec built from each carries it."""
+def test_wasserstein_scale_reaches_the_spec():
+    """wasserstein_scale='none' (absolute costs) and the default 'step_mean' round-trip through
+    a stored config and reach the distance spec built from it."""
+    from scav.model.config import ObjectiveConfig
     from scav.model.objective import distance_spec
-    from scav.train.config import ObjectiveConfig, TrainConfig
+    from scav.train.config import TrainConfig
 
     new = TrainConfig(cache="c", out="o", objective=ObjectiveConfig(distance="wasserstein", interp="post"))
-    old_dict = new.to_dict()
-    del old_dict["objective"]["wasserstein_scale"]
-    old = TrainConfig.from_dict(old_dict)
-    assert TrainConfig.from_dict(new.to_dict()) == new
-    assert old.objective.wasserstein_scale == "none" and new.objective.wasserstein_scale == "step_mean"
-    s_old, s_new = distance_spec(old.objective), distance_spec(new.objective)
+    absolute = TrainConfig(cache="c", out="o", objective=ObjectiveConfig(distance="wasserstein", interp="post",
+                                                                        wasserstein_scale="none"))
+    assert TrainConfig.from_dict(new.to_dict()) == new and TrainConfig.from_dict(absolute.to_dict()) == absolute
+    assert new.objective.wasserstein_scale == "step_mean"
+    s_old, s_new = distance_spec(absolute.objective), distance_spec(new.objective)
     assert (s_old.pos_scale, s_old.eps_scale) == ("none", "none")
     assert (s_new.pos_scale, s_new.eps_scale) == ("step_mean", "step_mean")
     x, xm, y, ym = related_pair(8, 6, 16, seed=7)
     want = wasserstein_matrix(x, xm, y, ym, eps=0.1, pos_scale="none", eps_scale="none")
     torch.testing.assert_close(s_old.matrix(x, xm, y, ym), want)
-    euclid = TrainConfig(cache="c", out="o").to_dict()  # other distances: an old config resumes unchanged
-    del euclid["objective"]["wasserstein_scale"]
-    assert TrainConfig.from_dict(euclid) == TrainConfig(cache="c", out="o")

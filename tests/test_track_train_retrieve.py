@@ -15,7 +15,8 @@ from scav.model.objective import sequence_distance
 from scav.retrieve.cli import app as retrieve_app
 from scav.retrieve.evaluate import RetrieveConfig, run
 from scav.sequence.metrics import ranks_from_scores, summarize_ranks
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from typer.testing import CliRunner
 
 DV, DA = 6, 4
@@ -53,7 +54,7 @@ def setup(tmp_path_factory):
 
 def independent_ranks(cache_path, ckpt, track):
     """Each clip with the track encoded alone from FeatureCache.get(track=...), full matrices."""
-    model, cfg, _ = load_model(ckpt)
+    model, objective, _ = load_model(ckpt)
     cache = FeatureCache.open(cache_path)
     with_track = [c for c in cache.clips("test") if c.find_track(track) is not None]
     v, vm, a, am = encode_each_alone(model, cache, with_track, track)
@@ -61,7 +62,7 @@ def independent_ranks(cache_path, ckpt, track):
     ae = torch.stack([x[m].mean(0) for x, m in zip(a, am)])
     cos = F.normalize(ve, dim=-1) @ F.normalize(ae, dim=-1).T
     with torch.no_grad():
-        d = sequence_distance(cfg.objective, v, vm, a, am)
+        d = sequence_distance(objective, v, vm, a, am)
     return len(with_track), {"agg": ranks_from_scores(cos.T), "seq": ranks_from_scores(-d.T)}
 
 

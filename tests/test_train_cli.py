@@ -1,5 +1,5 @@
-"""scav-train CLI: same result as run(cfg), defaults from the dataclasses, deprecated
---direction, fast --help, clean errors."""
+"""scav-train CLI: same result as run(cfg), defaults from the dataclasses, the removed
+--direction refused, fast --help, clean errors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from cache_factory import make_learnable_cache, make_random_cache
 from scav.model.checkpoint import load_model, save_checkpoint
 from scav.model.network import SCAVModel
 from scav.train.cli import app
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from scav.train.loop import run
 from typer.testing import CliRunner
 
@@ -79,40 +79,28 @@ def test_default_out_names_the_objective(monkeypatch):
     assert seen[0].out == "runs/cav-euclidean-post-audio"
 
 
-def test_deprecated_direction_is_resample(captured):
-    for old, new in (("v2a", "video"), ("a2v", "audio")):
-        code, out, cfg = captured("--direction", old)
-        assert code == 0, out
-        assert cfg == captured("--resample", new)[2]
-        assert "--direction is deprecated" in out and f"--resample {new}" in out
-    assert captured("--direction", "a2v", "--resample", "audio")[0] == 0  # agreeing: fine
-    code, out, cfg = captured("--direction", "v2a", "--resample", "audio")
-    assert code == 2 and cfg is None
-    assert "disagree" in out and "Traceback" not in out
-
-
-def test_old_config_and_checkpoint_with_direction_load(tmp_path):
+def test_removed_direction_flag_and_key_are_refused(captured, tmp_path):
+    """--direction (renamed --resample before 0.1.0) is an unknown option, and a config or
+    checkpoint that still says objective.direction is refused in one line, not guessed."""
+    code, out, cfg = captured("--direction", "v2a")
+    assert code == 2 and cfg is None and "No such option" in out
     cache = make_random_cache(tmp_path / "c.zarr", {"train": 10}, video_dim=4, audio_dim=4)
     cfg = TrainConfig(cache=str(cache), out=str(tmp_path / "r"), model=ModelConfig(c=8, video_layers=1, audio_layers=1,
                       heads=2, video_mlp_hidden=8, audio_mlp_hidden=8),
                       objective=ObjectiveConfig(interp="post", resample="audio"))
     old = cfg.to_dict()
     old["objective"] = {k: v for k, v in old["objective"].items() if k != "resample"} | {"direction": "a2v"}
-    assert TrainConfig.from_dict(old) == cfg
+    with pytest.raises(ValueError, match="direction"):
+        TrainConfig.from_dict(old)
     from scav.core.cache import FeatureCache
-    from scav.model.checkpoint import make_payload
+    from scav.model.checkpoint import CheckpointError, make_payload
 
-    meta = FeatureCache.open(cache).meta
     model = SCAVModel(cfg.model, 4, 4, cfg.objective)
-    payload = make_payload(model, cfg, meta, step=3)
-    payload["config"] = old  # as written before the rename
+    payload = make_payload(model, cfg, FeatureCache.open(cache).meta, step=3)
+    payload["config"] = old
     save_checkpoint(tmp_path / "old.pt", payload)
-    loaded, loaded_cfg, _ = load_model(tmp_path / "old.pt")
-    assert loaded_cfg == cfg and loaded_cfg.objective.resample == "audio"
-    for k, v in model.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[k], v)
-    with pytest.raises(ValueError, match="objective.direction must be one of"):
-        TrainConfig.from_dict({**old, "objective": {"direction": "sideways"}})
+    with pytest.raises(CheckpointError, match="direction"):
+        load_model(tmp_path / "old.pt")
 
 
 def test_help_explains_options_without_importing_torch():

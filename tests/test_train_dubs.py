@@ -16,7 +16,8 @@ from scav.core.schema import AudioTrack, CacheLayout, ClipInfo, EncoderInfo
 from scav.model.network import SCAVModel
 from scav.model.objective import compute_loss, compute_quad_loss
 from scav.train import loop
-from scav.train.config import DubsConfig, ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import DubsConfig, TrainConfig
 from scav.train.ddp import DistInfo, cleanup
 
 DV, DA = 6, 5

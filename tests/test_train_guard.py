@@ -16,7 +16,8 @@ from scav.core.loader import Batch
 from scav.core.schema import AudioTrack, ClipInfo
 from scav.model.checkpoint import read_checkpoint
 from scav.train import ddp, loop
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from scav.train.loop import (
     TrainingDiverged,
     make_optimizer,

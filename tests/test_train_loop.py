@@ -15,7 +15,8 @@ from scav.core.loader import Batch
 from scav.core.schema import CacheError
 from scav.model.checkpoint import CheckpointError, load_model, read_checkpoint
 from scav.model.network import SCAVModel
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from scav.train.loop import (
     TrainingDiverged,
     lr_factor,
@@ -86,8 +87,9 @@ def test_outputs_best_checkpoints_and_average(learnable, tmp_path):
     assert sorted(avg["averaged_from"]) == sorted(v["step"] for v in ranked) == sorted(summary["averaged_from"])
     for key, value in avg["model"].items():
         torch.testing.assert_close(value, (sds[0][key] + sds[1][key]) / 2)
-    model, cfg2, meta = load_model(out / "averaged.pt")
-    assert not model.training and cfg2 == cfg and meta["video_dim"] == 16
+    model, objective, meta = load_model(out / "averaged.pt")
+    assert not model.training and objective == cfg.objective and meta["config"] == cfg.to_dict()
+    assert meta["video_dim"] == 16
     assert meta["cache_fingerprint"] == FeatureCache.open(learnable).meta.fingerprint()
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["step"] == 12 and {"optimizer", "scheduler", "rng", "train_state"} <= set(last)

@@ -16,7 +16,8 @@ import torch
 from cache_factory import make_learnable_cache
 from scav.model.checkpoint import read_checkpoint, save_checkpoint
 from scav.train import loop
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=32, audio_mlp_hidden=32)
 

@@ -9,7 +9,8 @@ from cache_factory import make_random_cache
 from scav.core.cache import FeatureCache
 from scav.model.clip_lengths import pre_lengths
 from scav.model.network import SCAVModel
-from scav.train.config import ModelConfig, ObjectiveConfig, TrainConfig
+from scav.model.config import ModelConfig, ObjectiveConfig
+from scav.train.config import TrainConfig
 from scav.train.loop import validate
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=32, audio_mlp_hidden=32, dropout=0.0)

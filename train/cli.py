@@ -19,20 +19,9 @@ import typer
 from scav.core.cli import VERSION_OPTION, make_app, track_selector
 from scav.core.device import DEVICE_HELP
 
-from .config import (
-    DISTANCES,
-    DUB_VARIANTS,
-    INTERPS,
-    LEGACY_DIRECTION,
-    OBJECTIVES,
-    PRECISIONS,
-    RESAMPLES,
-    DubsConfig,
-    ModelConfig,
-    ObjectiveConfig,
-    TrainConfig,
-    field_defaults,
-)
+from scav.model.config import DISTANCES, INTERPS, OBJECTIVES, RESAMPLES, ModelConfig, ObjectiveConfig, field_defaults
+
+from .config import DUB_VARIANTS, PRECISIONS, DubsConfig, TrainConfig
 
 app = make_app(help=__doc__.split("\n\n")[0])
 
@@ -45,7 +34,6 @@ Kind = Literal[OBJECTIVES]
 Distance = Literal[DISTANCES]
 Interp = Literal[INTERPS]
 Resample = Literal[RESAMPLES]
-Direction = Literal[tuple(LEGACY_DIRECTION)]
 Precision = Literal[PRECISIONS]
 DubVariant = Literal[DUB_VARIANTS]
 
@@ -77,21 +65,6 @@ def build_config(
     return cfg
 
 
-def resample_from_flags(resample: str | None, direction: str | None) -> str | None:
-    """--resample, or the deprecated --direction it replaced (v2a = video, a2v = audio).
-
-    None when neither is given (the dataclass default applies). ValueError when they disagree.
-    """
-    if direction is None:
-        return resample
-    new = LEGACY_DIRECTION[direction]
-    typer.echo(f"warning: --direction is deprecated and will be removed in the next release; use --resample {new}",
-               err=True)
-    if resample is not None and resample != new:
-        raise ValueError(f"--direction {direction} (= --resample {new}) and --resample {resample} disagree")
-    return new
-
-
 def _drop_none(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -104,7 +77,6 @@ def train(
     distance: Distance = typer.Option(O["distance"], "--distance", help="Sequence distance of the SCAV loss (and of sequence retrieval in validation)."),
     interp: Optional[Interp] = typer.Option(None, "--interp", help="Interpolate raw features before the encoders (pre) or latents inside the distance (post); default: pre for scav+euclidean, else post."),
     resample: Optional[Resample] = typer.Option(None, "--resample", help=f"Which modality is interpolated to the other's length: video (paper's v->a) or audio (a->v) [default: {O['resample']}]."),
-    direction: Optional[Direction] = typer.Option(None, "--direction", hidden=True, help="Deprecated: --resample (v2a = video, a2v = audio)."),
     steps: int = typer.Option(T["steps"], "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(T["batch_size"], "--batch-size", help="Clips per step and per process (negatives = world size x this)."),
     lr: float = typer.Option(T["lr"], "--lr", help=f"Peak learning rate (AdamW, betas {T['betas'][0]}/{T['betas'][1]})."),
@@ -145,7 +117,7 @@ def train(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         objective_kw = _drop_none(kind=objective, distance=distance, interp=interp,
-                                  resample=resample_from_flags(resample, direction), normalize=normalize,
+                                  resample=resample, normalize=normalize,
                                   lambda_init=lambda_init)
         cfg = build_config(
             cache, out, objective=objective_kw,

@@ -350,7 +350,7 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     """Refuse to continue a run with other settings (``saved``: its config dict, of any release)."""
-    saved = TrainConfig.from_dict(saved).to_dict()  # upgrades renamed fields (objective.direction)
+    saved = TrainConfig.from_dict(saved).to_dict()  # normalised (tuples, defaults); unknown fields refused
     now = cfg.to_dict()
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_MAY_DIFFER and saved.get(k) != now.get(k))
     if diff:
