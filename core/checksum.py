@@ -22,14 +22,18 @@ try:
 
     LIBRARY = "crc32c"
 except ImportError:  # pragma: no cover - the slower fallback Zarr brings along
-    from google_crc32c import value as _crc32c
+    from google_crc32c import extend as _extend
+
+    def _crc32c(buf, value: int = 0) -> int:
+        return _extend(value, bytes(buf))
 
     LIBRARY = "google_crc32c"
 
 
-def crc32c(buf) -> int:
-    """CRC-32C of ``buf`` (any C-contiguous buffer: bytes, a uint8 array over a map), no copy."""
-    return _crc32c(buf)
+def crc32c(buf, value: int = 0) -> int:
+    """CRC-32C of ``buf`` (any C-contiguous buffer: bytes, a uint8 array over a map), no copy;
+    ``value``: the CRC of the bytes before ``buf`` (chained over pieces)."""
+    return _crc32c(buf, value) if value else _crc32c(buf)
 
 
 def crc32c_ok(buf: np.ndarray) -> bool:

@@ -15,10 +15,13 @@ Export layout (``save`` / :func:`load_export`), one folder per (split, checkpoin
     <cache>.retrieval/<split>-<checkpoint sha256[:12]>/
       video_seq.npy (sum T'_i, c) float32   video_offsets.npy (N + 1,) int64   video_emb.npy (N, c)
       audio_seq.npy (sum S'_i, c) float32   audio_offsets.npy (N + 1,) int64   audio_emb.npy (N, c)
-      clips.json    clip ids in order       meta.json   checkpoint, step, encoders, objective
+      clips.json    clip ids in order       meta.json   checkpoint, step, encoders, objective,
+                                            every file's size and crc32c, sealed
 
-written under a temporary name and renamed when complete, so a folder that exists
-is whole; a later run with the same checkpoint and split reuses it.
+the stored-latents format of :mod:`scav.model.stored_latents` (a gallery index is the same
+format with more files), written under a temporary name and renamed when complete, so a
+folder that exists is whole; a later run with the same checkpoint and split reuses it
+after the same integrity check as an index (a folder that fails it is recomputed).
 """
 
 from __future__ import annotations
@@ -37,14 +40,15 @@ from scav.core.schema import CacheError, CacheMeta, ClipInfo, TrackSelector
 from scav.model.clip_lengths import pre_lengths
 from scav.sequence.pooling import masked_mean
 
+from . import stored_latents as SL
 from .latents import Latents
 
 log = logging.getLogger(__name__)
 
 RAM_WARN_BYTES = 8 << 30
 # meta.json's "export_version": 2 = the 'pre' side at each clip's own length (pre_lengths);
-# exports without it (partner lengths) are recomputed, not reused
-EXPORT_VERSION = 2
+# 3 = sealed (stored_latents); exports of other versions are recomputed, not reused
+EXPORT_VERSION = 3
 
 
 @dataclass
@@ -171,23 +175,27 @@ def export_folder(root: Path, split: str, ckpt_hash: str, track: TrackSelector =
     return root / (f"{split}-{ckpt_hash}" + ("" if track == 0 else f"-track-{track}"))
 
 
-def load_export(folder: Path, clip_ids: list[str]) -> SplitLatents | None:
-    """A complete earlier export for the same clips, memory-mapped; None if absent/stale."""
-    try:
-        stored = json.loads((folder / "clips.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if stored != clip_ids:
-        log.warning("%s was exported for other clips; recomputing", folder)
+def load_export(folder: Path, clip_ids: list[str], dim: int | None = None) -> SplitLatents | None:
+    """A complete earlier export for the same clips, memory-mapped, after the stored-latents
+    check (:func:`scav.model.stored_latents.open_sealed`); None if absent, stale or damaged."""
+    if not (folder / SL.META).exists():
         return None
     try:
-        version = json.loads((folder / "meta.json").read_text()).get("export_version")
-    except (OSError, json.JSONDecodeError):
-        version = None
-    if version != EXPORT_VERSION:
-        log.warning("%s was exported by an older SCAV (latents of another layout); recomputing", folder)
+        meta = SL.open_sealed(folder, "export")
+        if meta.get("export_version") != EXPORT_VERSION:
+            log.warning("%s was exported by an older SCAV (latents of another layout); recomputing", folder)
+            return None
+        if SL.read_small_json(folder / "clips.json", "the export's clips.json", 1 << 34) != clip_ids:
+            log.warning("%s was exported for other clips; recomputing", folder)
+            return None
+        video, audio = (SL.load_latents(folder, m, dim=dim) for m in SL.MODALITIES)
+    except SL.StoredLatentsError as e:
+        log.warning("%s cannot be reused (%s); recomputing", folder, e)
         return None
-    return SplitLatents(clip_ids, Latents.load(folder, "video"), Latents.load(folder, "audio"), folder)
+    if not len(video) == len(audio) == len(clip_ids):
+        log.warning("%s holds %d/%d clips, not %d; recomputing", folder, len(video), len(audio), len(clip_ids))
+        return None
+    return SplitLatents(clip_ids, video, audio, folder)
 
 
 def embed_and_export(model, cache_path, meta: CacheMeta, split, clips, final: Path, export_meta: dict, **kw) -> SplitLatents:
@@ -198,10 +206,9 @@ def embed_and_export(model, cache_path, meta: CacheMeta, split, clips, final: Pa
         tmp.mkdir()
         lat = embed_split(model, cache_path, meta, split, clips, folder=tmp, **kw)
         (tmp / "clips.json").write_text(json.dumps(lat.clip_ids))
-        (tmp / "meta.json").write_text(
-            json.dumps({**export_meta, "export_version": EXPORT_VERSION}, indent=2, sort_keys=True)
-        )
-        del lat  # close the write maps before the rename
+        del lat  # close the write maps before sealing
+        SL.seal(tmp, {**export_meta, "export_version": EXPORT_VERSION})
     out = load_export(final, [c.clip_id for c in clips])
-    assert out is not None
+    if out is None:
+        raise CacheError(f"{final}: the export just written does not read back")
     return out

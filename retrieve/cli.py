@@ -18,14 +18,13 @@ does not import torch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-from scav.core.cli import VERSION_OPTION, json_option, make_app, track_selector
+from scav.core.cli import VERSION_OPTION, data_console, errors_exit_2, json_option, make_app, text, track_selector
 from scav.core.device import DEVICE_HELP
 
 from . import search_config as S
@@ -78,7 +77,11 @@ def render_table(result: dict):
         f"video={enc['video']}, audio={enc['audio']} | step {result['step']} | "
         f"seq distance: {result['seq_distance']}"
     )
-    table = Table(title=title)
+    n = result["num_candidates"]
+    over = [k for k in (5, 10) if k > n]
+    caption = (f"R@{'/R@'.join(map(str, over))}: K exceeds the {n} candidates, so every partner is within K "
+               f"(100 % by construction)") if over else None
+    table = Table(title=text(title), caption=text(caption) if caption else None)
     for col in ("method", "direction", "R@1 %", "R@5 %", "R@10 %", "MedR", "MeanR", "seconds (both)"):
         table.add_column(col, justify="left" if col in ("method", "direction") else "right")
     for m, res in result["results"].items():
@@ -139,13 +142,11 @@ def main_command(
         export=export, export_dir=str(export_dir) if export_dir else None,
         query_block=query_block, candidate_chunk=candidate_chunk, precision=precision,
     )
-    from rich.console import Console
-
     from .evaluate import run
 
-    console = Console()
+    console = data_console()
     with _errors_exit_2():
-        with console.status("encoding the split and searching..."):
+        with data_console(stderr=True).status("encoding the split and searching..."):
             result = run(cfg)
     if cfg.json_path == "-":
         return
@@ -161,25 +162,16 @@ def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-@contextlib.contextmanager
 def _errors_exit_2():
-    """Bad input (cache, checkpoint, index, queries, values, files) -> one red line, exit 2."""
-    from rich.console import Console
-    from rich.markup import escape
-    from scav.core.schema import CacheError
-
-    try:
-        yield
-    except (CacheError, ValueError, OSError, ImportError) as e:  # CheckpointError, QueryError, ...: ValueError
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}")  # escape: messages may hold [brackets]
-        raise typer.Exit(code=2)
+    """Bad input (cache, checkpoint, index, queries, values, files) -> one line, exit 2."""
+    return errors_exit_2()
 
 
 def _status():
     """A spinner on stderr (stdout may carry JSON lines) and a callable that updates its text."""
     from rich.console import Console
 
-    spinner = Console(stderr=True).status("starting...")
+    spinner = Console(stderr=True, markup=False, highlight=False).status("starting...")
     return spinner, lambda text: spinner.update(text + "...")
 
 
@@ -200,12 +192,12 @@ def render_query_table(record: dict):
     k = f" k={record['k']}" if record["k"] is not None else ""
     title = (f"{who}{f' ({extra})' if extra else ''}: {q['modality']} query, {record['direction']}, "
              f"{record['method']}{k}")
-    table = Table(title=title, title_justify="left")
+    table = Table(title=text(title), title_justify="left")
     for col in ("rank", "clip_id", "score", "label", "split", "source", "window", "partner"):
         table.add_column(col, justify="right" if col in ("rank", "score") else "left")
     for r in record["results"]:
-        table.add_row(str(r["rank"]), r["clip_id"], f"{r['score']:.4f}", r["label"] or "", r["split"] or "",
-                      r["source"] or "", _window(r), "yes" if r["is_partner"] else "")
+        table.add_row(str(r["rank"]), text(r["clip_id"]), f"{r['score']:.4f}", text(r["label"]), text(r["split"]),
+                      text(r["source"]), _window(r), "yes" if r["is_partner"] else "")
     return table
 
 
@@ -261,8 +253,6 @@ def search_command(
         beats_ckpt=str(beats_ckpt) if beats_ckpt else None, json_path=json_path, batch_size=batch_size,
         device=device, query_block=query_block, candidate_chunk=candidate_chunk,
     )
-    from rich.console import Console
-
     from .search_command import run_search
 
     with _errors_exit_2():
@@ -271,7 +261,7 @@ def search_command(
             result = run_search(req, status=say)
     if json_path == "-":
         return
-    console = Console()
+    console = data_console()
     for record in result.records:
         console.print(render_query_table(record))
     first = f", first stage {result.first_stage}" if result.first_stage else ""

@@ -6,14 +6,19 @@
       video_seq.npy video_offsets.npy video_emb.npy   latents, as model/embed.py exports them
       audio_seq.npy audio_offsets.npy audio_emb.npy   (memory-mapped when loaded)
       video_norm.npy audio_norm.npy   (N, c) float32 pooled embeddings, L2-normalised (first stage)
-      clips.json     the clip-table columns results show: clip_id split label source path start end
+      clips.json     the clip-table columns results show: clip_id split label source path start end,
+                     and stored_crc32c: each clip's stored features (video rows, then the audio track's)
       ann-<modality>-<ivf|hnsw>.faiss  optional approximate first-stage indexes (index --ann)
       meta.json      format + format_version, checkpoint (sha256[:12], step), cache (fingerprint,
-                     its meta: encoders), objective, gallery splits, audio track, clip count, ann
+                     its meta: encoders), objective, gallery splits, audio track, clip count, ann,
+                     and every file's size and crc32c, sealed (:mod:`scav.model.stored_latents`)
 
-``search --index`` then encodes only the queries. Loading refuses an index of another format
+``search --index`` then encodes only the queries. Loading checks the folder as
+:mod:`scav.model.stored_latents` says (digests, sizes, dtypes, offsets, finite values, plain
+files inside the folder; verified once, then stamped) and refuses an index of another format
 version (rebuild it); :func:`check_index` refuses one built with another checkpoint, cache
-fingerprint (encoders) or audio track.
+fingerprint (encoders) or audio track, and :func:`check_query_clips` one built from another
+cache whose clips carry the same ids.
 """
 
 from __future__ import annotations
@@ -28,22 +33,23 @@ from typing import Any
 import numpy as np
 from scav.core.files import atomic_path, remove_stale_tmp
 from scav.core.schema import CacheMeta, ClipInfo, TrackSelector, format_identity_diff
+from scav.core.checksum import crc32c
 from scav.model import embed
+from scav.model import stored_latents as SL
 from scav.model.latents import Latents
 
 from scav import __version__
 
-from .first_stage import FirstStageConfig, normalize_rows
+from .first_stage import FirstStageConfig, ann_kind, normalize_rows
 
 INDEX_FORMAT = "scav-gallery-index"
-INDEX_VERSION = 1  # bump when the layout changes; older indexes are refused (rebuild)
+INDEX_VERSION = 2  # bump when the layout changes; older indexes are refused (rebuild). 2: sealed
 MODALITIES = ("video", "audio")
 CLIP_COLUMNS = ("clip_id", "split", "label", "source", "path", "start", "end")
 _ROWS_PER_PASS = 1 << 16  # rows normalised per pass (bounded temporaries over a memmap)
 
 
-class GalleryIndexError(ValueError):
-    """An index that cannot be used as asked; the message says why and what to do."""
+GalleryIndexError = SL.StoredLatentsError  # an index that cannot be used as asked; the message says why
 
 
 @dataclass
@@ -53,9 +59,17 @@ class ClipTable:
     columns: dict[str, list]
 
     def __post_init__(self) -> None:
-        lengths = {len(self.columns.get(c, ())) for c in CLIP_COLUMNS}
+        if not isinstance(self.columns, dict) or not all(isinstance(self.columns.get(c), list) for c in CLIP_COLUMNS):
+            raise GalleryIndexError(f"clip table must map each of {', '.join(CLIP_COLUMNS)} to a list")
+        lengths = {len(self.columns[c]) for c in CLIP_COLUMNS}
         if len(lengths) != 1:
-            raise GalleryIndexError(f"clip table columns differ in length or are missing: {sorted(lengths)}")
+            raise GalleryIndexError(f"clip table columns differ in length: {sorted(lengths)}")
+        for c in ("clip_id", "split", "label", "source", "path"):
+            if not all(isinstance(v, str) for v in self.columns[c]):
+                raise GalleryIndexError(f"clip table column {c!r} must hold strings")
+        for c in ("start", "end"):
+            if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in self.columns[c]):
+                raise GalleryIndexError(f"clip table column {c!r} must hold numbers or null")
 
     def __len__(self) -> int:
         return len(self.columns["clip_id"])
@@ -63,6 +77,11 @@ class ClipTable:
     @property
     def ids(self) -> list[str]:
         return self.columns["clip_id"]
+
+    def stored_crc(self, i: int) -> int | None:
+        """crc32c of clip i's stored features when the index was built (None if not recorded)."""
+        col = self.columns.get("stored_crc32c")
+        return None if col is None else col[i]
 
     def row(self, i: int) -> dict[str, Any]:
         return {c: self.columns[c][i] for c in CLIP_COLUMNS}
@@ -94,13 +113,27 @@ class Gallery:
 
     def ann_index(self, modality: str, kind: str):
         """The saved FAISS index of ``kind`` for ``modality``, or None if the index has none."""
-        entry = (self.meta.get("ann") or {}).get(modality)
-        if self.folder is None or not entry or entry.get("kind") != kind:
+        ann = self.meta.get("ann") or {}
+        entry = ann.get(modality) if isinstance(ann, dict) else None
+        if self.folder is None or not isinstance(entry, dict) or entry.get("kind") != kind:
             return None
         if (modality, kind) not in self._ann:
             import faiss
 
-            self._ann[(modality, kind)] = faiss.read_index(str(self.folder / entry["file"]))
+            name = entry.get("file")
+            if name not in (self.meta.get("files") or {}) or name != f"ann-{modality}-{kind}.faiss":
+                raise GalleryIndexError(f"{self.folder / 'meta.json'}: the {modality} {kind} entry names "
+                                        f"{name!r}, not a file of this index; rebuild it")
+            try:
+                index = faiss.read_index(str(self.folder / name))
+            except RuntimeError as e:
+                raise GalleryIndexError(f"{self.folder / name}: unreadable FAISS index "
+                                        f"({str(e).strip().splitlines()[-1][:200]}); rebuild it") from None
+            if index.ntotal != len(self) or index.d != self.normed[modality].shape[1] or ann_kind(index) != kind:
+                raise GalleryIndexError(f"{self.folder / name}: a {ann_kind(index)} index of {index.ntotal} x "
+                                        f"{index.d}, not this gallery's {kind} of {len(self)} x "
+                                        f"{self.normed[modality].shape[1]}; rebuild it")
+            self._ann[(modality, kind)] = index
         return self._ann[(modality, kind)]
 
 
@@ -133,7 +166,7 @@ def _write_normed(folder: Path, lat: Latents, modality: str) -> None:
 
 def _finish(tmp: Path, clips: ClipTable, meta: dict, ann: FirstStageConfig | None) -> None:
     """Everything but the latents (already in ``tmp``): normalised embeddings, ANN, clips, meta."""
-    from .first_stage import ann_kind, build_ann
+    from .first_stage import build_ann
 
     meta = {**meta, "format": INDEX_FORMAT, "format_version": INDEX_VERSION, "clips": len(clips),
             "scav_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ann": {}}
@@ -151,12 +184,12 @@ def _finish(tmp: Path, clips: ClipTable, meta: dict, ann: FirstStageConfig | Non
                               **({"nlist": int(index.nlist)} if ann.ann == "ivf" else {"M": ann.hnsw_m,
                                                                                        "ef_construction": ann.ef_construction})}
     (tmp / "clips.json").write_text(json.dumps(clips.columns))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    SL.seal(tmp, meta)
 
 
 def _refuse_foreign(folder: Path) -> None:
     """An existing ``folder`` that is not an index is never replaced (it may be anything)."""
-    if folder.exists() and _read_meta(folder, quiet=True).get("format") != INDEX_FORMAT:
+    if (folder.exists() or folder.is_symlink()) and _read_meta(folder, quiet=True).get("format") != INDEX_FORMAT:
         raise GalleryIndexError(f"{folder} exists and is not a SCAV gallery index; choose another --out")
 
 
@@ -172,7 +205,9 @@ def build_index(model, cache_path, cache_meta: CacheMeta, clips: list[ClipInfo],
         # split None: the gallery may span splits; the loader reads the clip ids in cache order
         lat = embed.embed_split(model, cache_path, cache_meta, None, clips, folder=tmp, **embed_kw)
         del lat  # close the write maps before reading them back
-        _finish(tmp, ClipTable.from_infos(clips), meta, ann)
+        table = ClipTable.from_infos(clips)
+        table.columns["stored_crc32c"] = stored_crcs(cache_path, clips, embed_kw.get("track", 0))
+        _finish(tmp, table, meta, ann)
     return load_index(folder)
 
 
@@ -185,10 +220,23 @@ def save_index(folder: Path, clips: ClipTable, video: Latents, audio: Latents, m
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         for m, lat in (("video", video), ("audio", audio)):
-            for name, arr in (("seq", lat.seq), ("offsets", lat.offsets), ("emb", lat.emb)):
-                np.save(tmp / f"{m}_{name}.npy", np.asarray(arr, dtype=np.int64 if name == "offsets" else np.float32))
+            SL.write_latents(tmp, m, lat)
         _finish(tmp, clips, meta, ann)
     return load_index(folder)
+
+
+def stored_crc(cache, clip_id: str, track: TrackSelector = 0) -> int:
+    """crc32c of one clip's stored features as the cache holds them: video rows, then the rows of
+    audio track ``track`` (binds an index to the cache content, not only to the clip ids)."""
+    f = cache.get(clip_id, track)
+    return crc32c(np.ascontiguousarray(f.audio), crc32c(np.ascontiguousarray(f.video)))
+
+
+def stored_crcs(cache_path, clips: list[ClipInfo], track: TrackSelector = 0) -> list[int]:
+    from scav.core.cache import FeatureCache
+
+    cache = FeatureCache.open(cache_path)
+    return [stored_crc(cache, c.clip_id, track) for c in clips]
 
 
 def in_memory(clips: list[ClipInfo], lat: embed.SplitLatents, meta: dict) -> Gallery:
@@ -213,17 +261,19 @@ def default_folder(cache_path: str | Path, ckpt_hash: str, fingerprint: str, spl
 
 def _read_meta(folder: Path, quiet: bool = False) -> dict:
     try:
-        meta = json.loads((Path(folder) / "meta.json").read_text())
+        meta = SL.read_small_json(Path(folder) / "meta.json", "the index's meta.json")
         return meta if isinstance(meta, dict) else {}
-    except (OSError, json.JSONDecodeError) as e:
+    except SL.StoredLatentsError as e:
         if quiet:
             return {}
-        raise GalleryIndexError(f"{folder} is not a readable gallery index (meta.json: {e})") from None
+        raise GalleryIndexError(f"{folder} is not a readable gallery index ({e})") from None
 
 
-def load_index(folder: str | Path) -> Gallery:
-    """Open a saved index (latents memory-mapped); GalleryIndexError for a missing folder,
-    another layout, or an older/newer format version."""
+def load_index(folder: str | Path, dim: int | None = None) -> Gallery:
+    """Open a saved index (latents memory-mapped) after every check of
+    :mod:`scav.model.stored_latents`; GalleryIndexError (one line naming the file) for a missing
+    folder, another layout, an older/newer format version, or anything changed since it was
+    written. dim: the latent width the searching model has (None = not checked here)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise GalleryIndexError(f"no gallery index at {folder} (build one with `scav-retrieve index`)")
@@ -238,18 +288,36 @@ def load_index(folder: str | Path) -> Gallery:
             f"version {INDEX_VERSION}. Rebuild it: scav-retrieve index --checkpoint {meta.get('checkpoint', 'CKPT')} "
             f"--cache {meta.get('cache', 'CACHE')} --out {folder}"
         )
-    try:
-        clips = ClipTable(json.loads((folder / "clips.json").read_text()))
-        video, audio = Latents.load(folder, "video"), Latents.load(folder, "audio")
-        normed = {m: np.load(folder / f"{m}_norm.npy", mmap_mode="c") for m in MODALITIES}
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise GalleryIndexError(f"{folder}: damaged gallery index ({e}); rebuild it with `scav-retrieve index`") from None
-    if not len(clips) == len(video) == len(audio) == len(normed["video"]) == len(normed["audio"]) == meta.get("clips"):
-        raise GalleryIndexError(f"{folder}: damaged gallery index (clip counts differ); rebuild it")
+    meta = SL.open_sealed(folder, "gallery index")
+    clips = ClipTable(SL.read_small_json(folder / "clips.json", "the index's clips.json", 1 << 34))
+    crcs = clips.columns.get("stored_crc32c")
+    if crcs is not None and (len(crcs) != len(clips) or not all(isinstance(v, int) for v in crcs)):
+        raise GalleryIndexError(f"{folder / 'clips.json'}: stored_crc32c must hold one integer per clip")
+    if len(set(clips.ids)) != len(clips):
+        raise GalleryIndexError(f"{folder / 'clips.json'}: clip ids repeat")
+    video, audio = (SL.load_latents(folder, m, dim=dim) for m in MODALITIES)
+    normed = {}
+    for m in MODALITIES:
+        normed[m] = SL.load_npy(folder / f"{m}_norm.npy", np.dtype("<f4"), 2)
+        if normed[m].shape != getattr(video if m == "video" else audio, "emb").shape:
+            raise GalleryIndexError(f"{folder / f'{m}_norm.npy'}: shape {normed[m].shape}, the latents' is "
+                                    f"{(video if m == 'video' else audio).emb.shape}")
+    n = meta.get("clips")
+    if not len(clips) == len(video) == len(audio) == n:
+        raise GalleryIndexError(f"{folder}: damaged gallery index (clip counts differ: clips.json {len(clips)}, "
+                                f"video {len(video)}, audio {len(audio)}, meta {n}); rebuild it")
+    if meta.get("dim") is not None and meta["dim"] != video.dim:
+        raise GalleryIndexError(f"{folder / 'meta.json'}: says {meta['dim']}-d latents, the arrays are {video.dim}-d")
+    if audio.dim != video.dim:
+        raise GalleryIndexError(f"{folder}: video latents are {video.dim}-d, audio {audio.dim}-d; rebuild it")
+    ann = meta.get("ann")
+    if ann is not None and not (isinstance(ann, dict) and all(isinstance(e, dict) for e in ann.values())):
+        raise GalleryIndexError(f"{folder / 'meta.json'}: 'ann' must map modalities to entries; rebuild it")
     return Gallery(clips, video, audio, normed, meta, folder)
 
 
-def check_index(meta: dict, folder: Path, ckpt_hash: str, cache_meta: CacheMeta, track: TrackSelector) -> None:
+def check_index(meta: dict, folder: Path, ckpt_hash: str, cache_meta: CacheMeta, track: TrackSelector,
+                dim: int | None = None) -> None:
     """Refuse an index built with another checkpoint, other features (cache fingerprint:
     encoders and their preprocessing) or another audio track than this search uses."""
     if meta.get("checkpoint_sha256_12") != ckpt_hash:
@@ -267,8 +335,26 @@ def check_index(meta: dict, folder: Path, ckpt_hash: str, cache_meta: CacheMeta,
             f"the cache (fingerprint {cache_meta.fingerprint()}); rebuild the index for this cache"
             + (f":\n{diff}" if diff else "")
         )
+    if meta.get("dim") is not None and dim is not None and meta.get("dim") != dim:
+        raise GalleryIndexError(f"index {folder} holds {meta.get('dim')}-d latents, the checkpoint's are {dim}-d")
     if meta.get("audio_track", 0) != track:
         raise GalleryIndexError(
             f"index {folder} holds audio track {meta.get('audio_track')!r}, not {track!r}; "
             f"pass --audio-track {meta.get('audio_track')} or build an index for track {track!r}"
         )
+
+
+def check_query_clips(gallery: Gallery, cache, infos: list[ClipInfo], track: TrackSelector) -> None:
+    """Refuse an index built from another cache whose clips carry the same ids: every query clip
+    that is also a gallery clip must have the stored features the index was built from."""
+    if gallery.folder is None or "stored_crc32c" not in gallery.clips.columns:
+        return
+    row = {cid: i for i, cid in enumerate(gallery.clips.ids)}
+    for info in infos:
+        i = row.get(info.clip_id)
+        if i is not None and stored_crc(cache, info.clip_id, track) != gallery.clips.stored_crc(i):
+            raise GalleryIndexError(
+                f"index {gallery.folder} was built from another cache: clip {info.clip_id!r} holds other features "
+                f"in {cache.path} than when the index was built; search with the index's cache "
+                f"({gallery.meta.get('cache')}) or rebuild the index"
+            )

@@ -130,6 +130,14 @@ def _resolve_queries(req: SearchRequest, cache, track):
     return infos, media
 
 
+def _index_cache_meta(gallery) -> CacheMeta:
+    """The cache metadata an index recorded (its cache is not there)."""
+    try:
+        return CacheMeta.from_dict(gallery.meta["cache_meta"])
+    except Exception as e:  # noqa: BLE001 - any malformed record: one line naming the file
+        raise CacheError(f"{gallery.folder / 'meta.json'}: unreadable cache record ({type(e).__name__}: {e})") from None
+
+
 def _first_stage_index(req: SearchRequest, gallery, modality: str):
     """A saved approximate index to use, or None (then the first stage builds one if asked)."""
     if req.ann == "exact" or gallery.folder is None:
@@ -189,7 +197,7 @@ def run_search(req: SearchRequest, status=None) -> SearchResult:
     gallery = gallery_index.load_index(req.index) if req.index else None
     cache_path = req.cache or (gallery.meta.get("cache") if gallery else None) or DEFAULT_CACHE
     cache = _open_cache(cache_path, gallery is None or bool(req.query_clips or req.query_ids_file or req.query_split))
-    cache_meta = cache.meta if cache is not None else CacheMeta.from_dict(gallery.meta["cache_meta"])
+    cache_meta = cache.meta if cache is not None else _index_cache_meta(gallery)
     infos, media = _resolve_queries(req, cache, track)
     if gallery is None:
         clips, skipped = gallery_index.gallery_clips(cache.clips(), req.gallery_splits or None, track)
@@ -203,7 +211,10 @@ def run_search(req: SearchRequest, status=None) -> SearchResult:
     encoders = query.build_encoders(cache_meta, req.clip_weights, req.beats_ckpt, str(device)) if media else None
     t0 = time.perf_counter()
     if gallery is not None:
-        gallery_index.check_index(gallery.meta, gallery.folder, embed.checkpoint_hash(req.checkpoint), cache_meta, track)
+        gallery_index.check_index(gallery.meta, gallery.folder, embed.checkpoint_hash(req.checkpoint), cache_meta, track,
+                                  dim=int(model.cfg.c))
+        if cache is not None and infos:
+            gallery_index.check_query_clips(gallery, cache, infos, track)
     else:
         say(f"encoding the gallery ({len(clips)} clips; `scav-retrieve index` saves it for later searches)")
         lat = embed.embed_split(model, cache.path, cache.meta, None, clips, batch_size=req.batch_size,

@@ -192,7 +192,9 @@ def test_index_cli_then_search_and_refusals(cli_setup, tmp_path):
     import shutil
 
     shutil.copytree(folder, tmp_path / "fp" / "idx")
-    (tmp_path / "fp" / "idx" / "meta.json").write_text(json.dumps(bad))
+    from test_index_integrity import forge
+
+    forge(tmp_path / "fp" / "idx", lambda m: {**bad, "files": m["files"]})  # as if written so (digests, seal)
     r = runner.invoke(app, ["search", "--index", str(tmp_path / "fp" / "idx"), "--query-clip", "test-0003",
                             "--device", "cpu", "--checkpoint", str(ck_a), "--cache", str(cache)])
     assert r.exit_code == 2 and "other encoders" in r.output and "video.name" in r.output, r.output
