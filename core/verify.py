@@ -131,6 +131,16 @@ def verify_cache(path: str | os.PathLike) -> VerifyReport:
     return report
 
 
+def _free_name(folder: Path, name: str) -> str:
+    """``name``, or ``name.1``, ``name.2``, ... whichever neither exists in ``folder`` nor has a .why.json."""
+    taken = lambda n: (folder / n).exists() or (folder / n).is_symlink() or (folder / f"{n}.why.json").exists()  # noqa: E731
+    i, out = 0, name
+    while taken(out):
+        i += 1
+        out = f"{name}.{i}"
+    return out
+
+
 def set_aside(path: str | os.PathLike, report: VerifyReport, timeout: float = 0.0) -> list[str]:
     """Move the damaged parts of ``report`` to ``.damaged/`` (under the cache lock); their names."""
     path = Path(path)
@@ -141,8 +151,9 @@ def set_aside(path: str | os.PathLike, report: VerifyReport, timeout: float = 0.
         for d in report.damaged:
             src = path / "parts" / d.name
             if src.exists():
-                os.replace(src, target / d.name)
-                (target / f"{d.name}.why.json").write_text(json.dumps(asdict(d), indent=2))
-                moved.append(d.name)
+                name = _free_name(target, d.name)  # an earlier repair may have set aside a part of this name
+                os.replace(src, target / name)
+                (target / f"{name}.why.json").write_text(json.dumps(asdict(d), indent=2))
+                moved.append(name)
     FeatureCache.open(path)  # what is left opens
     return moved

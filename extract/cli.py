@@ -456,8 +456,10 @@ def verify_cmd(
             typer.echo(f"set aside {len(result['set_aside'])} part(s) in {cache}/.damaged; the rest is usable"
                        + (f"; re-extracted {result['re_extracted']} clip(s)" if "re_extracted" in result else
                           "; rerun the extraction with the same manifest to extract their clips again"))
+        left = len(report.damaged) - len(result.get("set_aside", []))
         typer.echo(f"{cache}: {report.parts} parts, {report.clips} clips: "
-                   + ("healthy" if report.healthy else f"{len(report.damaged)} damaged part(s)"))
+                   + ("healthy" if report.healthy else f"{len(report.damaged)} damaged part(s), "
+                      + ("all set aside" if "set_aside" in result and left <= 0 else f"{left} left")))
     if damaged:
         raise typer.Exit(1)
 

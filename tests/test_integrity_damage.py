@@ -146,3 +146,18 @@ def test_caches_without_checksums_still_open_and_read(tmp_path):
     assert CacheLayout.from_dict({}).checksums is False
     assert len(list(iter_eval_batches(fc, "train", batch_size=4))) == 2
     assert verify_cache(path).healthy
+
+
+def test_repair_when_a_part_of_that_name_was_set_aside_before(cache, capsys):
+    """Issue 23: `verify --repair` with `.damaged/<part>` already there (an earlier repair) keeps both;
+    the last line says the damaged parts were set aside, not that they are still there."""
+    name, clips = _damage(cache, KINDS[0])
+    (cache / ".damaged" / name).mkdir(parents=True)
+    (cache / ".damaged" / name / "earlier.txt").write_text("from an earlier repair")
+    capsys.readouterr()
+    assert cli("verify", str(cache), "--repair") == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith("1 damaged part(s), all set aside"), last
+    assert (cache / ".damaged" / name / "earlier.txt").is_file() and (cache / ".damaged" / f"{name}.1").is_dir()
+    assert (cache / ".damaged" / f"{name}.1.why.json").is_file()
+    assert cli("verify", str(cache)) == 0
