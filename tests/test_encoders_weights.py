@@ -171,6 +171,16 @@ def test_stand_in_fingerprints_are_unchanged():
     assert meta.fingerprint() == hashlib.sha256(json.dumps(old_rule, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def test_fbank_identity_is_pinned_and_default_beats_window_is_not_recorded(ckpts):
+    """Computing fbank in pieces and BEATs in windows changed no identity: fbank's EncoderInfo hashes
+    as at commit 226eac2 (before ``encode_chunks``), and the default BEATs window adds no field, so
+    caches written before keep extending."""
+    fbank = build_audio_encoder("fbank").info.to_dict()
+    assert hashlib.sha256(json.dumps(fbank, sort_keys=True).encode()).hexdigest()[:16] == "c9b879458c3062e7"
+    beats = build_audio_encoder("beats-iter3-as2m", ckpts["finetuned"]).info.preprocessing
+    assert "window_steps" not in beats
+
+
 # ---------------------------------------------------------------- CLIP from the local HF cache
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,19 @@ from .base import (
     audio_steps,
 )
 from .clip import _jsonable
-from .fbank import FBANK_PREPROCESSING
+from .fbank import (
+    FBANK_PREPROCESSING,
+    STEP_SAMPLES,
+    SampleBuffer,
+    check_piece,
+    step_span,
+    too_short,
+)
+
+# BEATs was trained on 10 s clips and its attention is quadratic in length: a clip runs in
+# windows of W steps. 64 steps = 10.24 s, so VGGSound's 10 s clips (10.0-10.1 s decoded: 62-63
+# steps) and MUSIC's 10 s windows run whole, exactly as before windows existed.
+BEATS_WINDOW_STEPS = 64
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +92,10 @@ class BeatsEncoder:
     ``extract_features`` returns only class probabilities when a head is present;
     speechbrain's computes them next to the hidden states). ``info.preprocessing
     ["variant"]`` says which checkpoint it was.
+
+    A clip of 1.5 W steps or more (W = ``window_steps``, default 64 = 10.24 s, the
+    length BEATs was trained on) runs window by window (``encode_chunks``): memory
+    and attention cost per clip stay those of one window, whatever its duration.
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class BeatsEncoder:
         expected_sha256: str | None = None,
         name: str = "beats-iter3-as2m",
         clip_batch: int = 32,
+        window_steps: int | None = None,
     ):
         import torch
         from speechbrain.lobes.models.beats import BEATs
@@ -101,6 +118,9 @@ class BeatsEncoder:
         if clip_batch < 1:
             raise ValueError(f"clip_batch must be >= 1, got {clip_batch}")
         self.clip_batch = int(clip_batch)
+        self.window_steps = BEATS_WINDOW_STEPS if window_steps is None else int(window_steps)
+        if self.window_steps < 1:
+            raise ValueError(f"BEATs window must be >= 1 step (0.16 s), got {self.window_steps}")
         cfg, digest, variant = load_beats_checkpoint(weights, expected_sha256)
         if variant != "finetuned":
             log.warning(
@@ -140,6 +160,9 @@ class BeatsEncoder:
                 "layer": "last hidden states (classifier head discarded)" if head_classes else "last hidden states",
                 "stacking": f"token t*{self.freq_patches}+p -> step t, dims [p*{self.hidden}:(p+1)*{self.hidden}]",
                 "batching": "no padding: a clip runs alone or with clips of equal sample count",
+                # the window changes the features of long clips; recorded only when not the default so
+                # caches written before windows existed keep their fingerprint (absent = 64 steps)
+                **({"window_steps": self.window_steps} if self.window_steps != BEATS_WINDOW_STEPS else {}),
                 PROVENANCE: {  # recorded, not fingerprinted: does not change features
                     "checkpoint": Path(weights).name,
                     "head_classes_discarded": head_classes,
@@ -168,9 +191,41 @@ class BeatsEncoder:
         # token t*8+p -> step t, dims [p*C:(p+1)*C]
         return hidden.reshape(len(wavs), s, self.freq_patches * self.hidden).float().cpu().numpy()
 
+    def runs_whole(self, n_samples: int) -> bool:
+        """True if a clip of ``n_samples`` runs in one window: fewer than 1.5 W steps."""
+        return 2 * audio_steps(n_samples) < 3 * self.window_steps
+
+    def encode_chunks(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Consecutive pieces of one clip's (n_i,) float32 16 kHz samples, any sizes -> (S_i, 8 * hidden)
+        float32 blocks, one per window; together exactly S = audio_steps(N) steps.
+
+        Windows are cut on step boundaries (2560 samples): window j holds steps [jW, jW + W) and is
+        run on exactly its own samples ``[2560 jW, 2560 jW + step_span(W))``, so it yields W steps.
+        The last window takes what is left when that is under 1.5 W steps (it never has fewer than
+        W/2 steps of context unless the clip does), so a clip of under 1.5 W steps runs whole, on
+        the samples as given: bit for bit what ``encode`` gave before windows existed. Memory:
+        at most 1.5 W steps of samples and one window's attention, whatever the clip's duration.
+        """
+        w = self.window_steps
+        buf, total = SampleBuffer(), 0
+        for piece in chunks:
+            x = check_piece(piece)
+            total += len(x)
+            buf.push(x)
+            while 2 * (audio_steps(buf.n) - w) >= w:  # after this window, at least W/2 steps remain
+                yield self._forward([buf.head(step_span(w))])[0]
+                buf.drop(STEP_SAMPLES * w)
+        if audio_steps(total) == 0:
+            raise too_short(total)
+        if audio_steps(buf.n) > 0:
+            yield self._forward([buf.head(buf.n)])[0]  # the rest, tail samples included as before
+
     def encode(self, samples: np.ndarray) -> np.ndarray:
-        """(N,) float32 16 kHz -> (S, 8 * hidden) float32."""
-        return self._forward([_check_audio(samples)])[0]
+        """(N,) float32 16 kHz -> (S, 8 * hidden) float32 (in windows of W steps if the clip is long)."""
+        x = _check_audio(samples)
+        if self.runs_whole(len(x)):
+            return self._forward([x])[0]
+        return np.concatenate(list(self.encode_chunks([x])))
 
     def encode_many(
         self, clips: Sequence[np.ndarray], clip_batch: int | None = None
@@ -180,11 +235,14 @@ class BeatsEncoder:
         Clips are grouped by exact sample count and each group runs in batches of
         at most ``clip_batch`` (default ``self.clip_batch``); clips of different
         lengths never share a batch. VGGSound-shaped data (10 s clips) is mostly
-        one length. An invalid clip gets its ``EncodeError`` in its place.
+        one length. A clip too long to run whole runs alone, window by window
+        (``encode_chunks``). An invalid clip gets its ``EncodeError`` in its place.
         """
         from ..batching import group_equal_lengths
 
         out, valid = _checked(clips, _check_audio)
+        for i in [i for i, x in valid.items() if not self.runs_whole(len(x))]:
+            out[i] = np.concatenate(list(self.encode_chunks([valid.pop(i)])))
         order = list(valid)
         for group in group_equal_lengths([len(valid[i]) for i in order], int(clip_batch or self.clip_batch)):
             idx = [order[k] for k in group]

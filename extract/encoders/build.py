@@ -40,13 +40,23 @@ def build_video_encoder(
 
 
 def build_audio_encoder(
-    name: str, weights=None, device: str = "cpu", expected_sha256: str | None = None, clip_batch: int = 32
+    name: str,
+    weights=None,
+    device: str = "cpu",
+    expected_sha256: str | None = None,
+    clip_batch: int = 32,
+    window_steps: int | None = None,
 ) -> AudioEncoder:
     """``fbank`` (parameter-free) or ``beats-iter3-as2m`` (weights: an official iter3+ AS2M .pt checkpoint,
     the paper's being BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt). ``clip_batch``: most equal-length
-    clips per BEATs call in ``encode_many`` (ignored by ``fbank``)."""
+    clips per BEATs call in ``encode_many``; ``window_steps``: BEATs' window W in 160 ms steps (None: 64 =
+    10.24 s; part of the encoder identity when not the default). Both are ignored by ``fbank``, whose
+    features do not depend on how a clip is cut."""
     if name == "fbank":
         return FbankEncoder()
     if name == "beats-iter3-as2m":
-        return BeatsEncoder(weights=weights, device=device, expected_sha256=expected_sha256, clip_batch=clip_batch)
+        return BeatsEncoder(
+            weights=weights, device=device, expected_sha256=expected_sha256, clip_batch=clip_batch,
+            window_steps=window_steps,
+        )
     raise ValueError(f"unknown audio encoder {name!r}; choose one of {AUDIO_ENCODERS}")

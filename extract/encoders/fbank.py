@@ -4,6 +4,8 @@ stacked per 160 ms step), and the filterbank BEATs itself reads."""
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,9 +17,12 @@ from .base import (
     BEATS_FBANK_MEAN,
     BEATS_FBANK_STD,
     FBANK_BINS,
+    FBANK_HOP,
+    FBANK_WIN,
     FRAMES_PER_STEP,
-    _check_audio,
+    EncodeError,
     _EachAlone,
+    audio_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,100 @@ def fbank_features(samples: np.ndarray) -> "torch.Tensor":  # noqa: F821
         wav, num_mel_bins=FBANK_BINS, sample_frequency=AUDIO_RATE, frame_length=25, frame_shift=10
     )
     return (fb - BEATS_FBANK_MEAN) / (2 * BEATS_FBANK_STD)
+
+STEP_SAMPLES = FRAMES_PER_STEP * FBANK_HOP  # 2560: samples between the starts of two steps
+FBANK_BLOCK_STEPS = 256  # steps per fbank call over a long track (41 s: ~10 MB of framed samples)
+
+
+def step_span(k: int) -> int:
+    """Samples that make exactly ``k`` steps (16k fbank frames): 2560 (k - 1) + 2800."""
+    return STEP_SAMPLES * (k - 1) + FBANK_WIN + (FRAMES_PER_STEP - 1) * FBANK_HOP
+
+
+class SampleBuffer:
+    """Samples received and not consumed yet, kept as the pieces they came in.
+
+    ``head(n)`` copies only the first n samples (a view when one piece holds them),
+    so a long piece is never copied whole; ``drop(n)`` forgets the first n.
+    """
+
+    def __init__(self) -> None:
+        self._parts: deque[np.ndarray] = deque()
+        self.n = 0
+
+    def push(self, x: np.ndarray) -> None:
+        if len(x):
+            self._parts.append(x)
+            self.n += len(x)
+
+    def head(self, n: int) -> np.ndarray:
+        """The first ``n`` samples (n <= self.n), (n,) float32."""
+        if self._parts and len(self._parts[0]) >= n:
+            return self._parts[0][:n]
+        out, got = [], 0
+        for part in self._parts:
+            out.append(part[: n - got])
+            got += len(out[-1])
+            if got >= n:
+                break
+        return np.concatenate(out)
+
+    def drop(self, n: int) -> None:
+        self.n -= n
+        while n and self._parts:
+            first = self._parts[0]
+            if len(first) <= n:
+                n -= len(first)
+                self._parts.popleft()
+            else:
+                self._parts[0] = first[n:]
+                n = 0
+
+
+def check_piece(piece: np.ndarray) -> np.ndarray:
+    """One piece of a clip's 16 kHz mono samples: (n,) finite -> float32 (EncodeError otherwise)."""
+    x = np.asarray(piece)
+    if x.ndim != 1:
+        raise EncodeError("encode", f"audio must be (N,) mono samples, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise EncodeError("encode", "audio has NaN or infinite samples")
+    return x.astype(np.float32, copy=False)
+
+
+def too_short(n: int) -> EncodeError:
+    need = step_span(1)
+    return EncodeError(
+        "encode",
+        f"audio too short for one step: {n} samples ({n / AUDIO_RATE:.3f} s), need >= {need} ({need / AUDIO_RATE:.3f} s)",
+    )
+
+
+def fbank_step_blocks(chunks: Iterable[np.ndarray], block_steps: int = FBANK_BLOCK_STEPS) -> Iterator[torch.Tensor]:  # noqa: F821
+    """BEATs' normalised fbank of one clip given in pieces -> blocks (16 k_i, 128), k_i <= ``block_steps``
+    whole steps each; together the first 16 S frames of :func:`fbank_features` over the whole clip,
+    S = audio_steps(N) (the tail short of a step is dropped, as there).
+
+    Kaldi frames are independent of each other (25 ms windows every 10 ms, snip_edges; per frame
+    DC removal, pre-emphasis, window, FFT, mel; dither 0), so a block computed from its own
+    samples ``[2560 s0, 2560 s0 + step_span(k))`` has exactly the whole track's values for those
+    frames (tested bit for bit: the per-row matmul and FFT do not depend on the row count here).
+    Memory: at most ``block_steps`` steps of samples and frames at a time, plus the piece in hand.
+    Raises EncodeError if the clip is too short for one step.
+    """
+    buf, total = SampleBuffer(), 0
+    for piece in chunks:
+        x = check_piece(piece)
+        total += len(x)
+        buf.push(x)
+        while audio_steps(buf.n) >= block_steps:  # full blocks while the clip streams in
+            yield fbank_features(buf.head(step_span(block_steps)))
+            buf.drop(STEP_SAMPLES * block_steps)
+    if audio_steps(total) == 0:
+        raise too_short(total)
+    while (k := min(audio_steps(buf.n), block_steps)) > 0:
+        yield fbank_features(buf.head(step_span(k)))
+        buf.drop(STEP_SAMPLES * k)
+
 
 FBANK_PREPROCESSING: dict[str, Any] = {
     "sample_rate": AUDIO_RATE,
@@ -67,9 +166,13 @@ class FbankEncoder(_EachAlone):
             preprocessing={**FBANK_PREPROCESSING, "stacking": "step s = fbank frames 16s..16s+15, (16, 128) flattened time-major"},
         )
 
+    def encode_chunks(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Consecutive pieces of one clip's (n_i,) float32 16 kHz samples, any sizes -> (S_i, 2048) float32
+        blocks whose concatenation is exactly ``encode`` of the whole clip; memory does not grow with
+        the clip's duration (see :func:`fbank_step_blocks`)."""
+        for fb in fbank_step_blocks(chunks):  # (16 k, 128)
+            yield fb.reshape(-1, FRAMES_PER_STEP * FBANK_BINS).numpy().astype(np.float32)
+
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """(N,) float32 16 kHz -> (S, 2048) float32, S = (1 + (N - 400) // 160) // 16."""
-        x = _check_audio(samples)
-        fb = fbank_features(x)  # (n_fbank, 128)
-        s = fb.shape[0] // FRAMES_PER_STEP
-        return fb[: s * FRAMES_PER_STEP].reshape(s, FRAMES_PER_STEP * FBANK_BINS).numpy().astype(np.float32)
+        return np.concatenate(list(self.encode_chunks([samples])))
