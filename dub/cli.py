@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from scav.core.cli import JSON_HELP, VERSION_OPTION, make_app, write_json
+from scav.core.cli import JSON_HELP, VERSION_OPTION, data_console, make_app, write_json
 
 HELP = (
         "Make counterfactual pairs (dubs paper §6, Fig. 5): for every media file of a manifest, write a copy "
@@ -142,15 +142,17 @@ def _fmt(name: str, check: dict) -> str:
     value = check["value"]
     if value is None:
         return "n/a"
-    shown = value if isinstance(value, str) else _SHOW.get(name, lambda v: f"{v:.3g}")(value)
+    from rich.markup import escape
+
+    shown = escape(value) if isinstance(value, str) else _SHOW.get(name, lambda v: f"{v:.3g}")(value)
     return shown + (" [red]FAIL[/red]" if check["passed"] is False else "")
 
 
 def print_summary(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    con = Console()
+    con = data_console()  # data strings (ids, paths, labels) are never read as markup
     if summary["quality"]:
         first = summary["quality"][0]["checks"]
         t = Table(title="quality checks per file and language", caption="pass: " + ", ".join(
@@ -161,8 +163,8 @@ def print_summary(summary: dict) -> None:
             t.add_column(col, justify="right", no_wrap=True)
         for q in summary["quality"]:
             c = q["checks"]
-            t.add_row(q["path"], q["language"], *(_fmt(k, c[k]) for k in _SHOW),
-                      "yes" if q["passed"] else "[red]no[/red]")
+            t.add_row(q["path"], q["language"], *(Text.from_markup(_fmt(k, c[k])) for k in _SHOW),
+                      "yes" if q["passed"] else Text("no", style="red"))
         con.print(t)
     t = Table(title="scav-dub", show_header=False)
     t.add_row("stages", ", ".join(f"{k}={v}" for k, v in summary["stages"].items()))

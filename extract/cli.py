@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
-from scav.core.cli import JSON_HELP, VERSION_OPTION, make_app, write_json
+from scav.core.cli import JSON_HELP, VERSION_OPTION, data_console, make_app, write_json
 
 app = make_app(
     no_args_is_help=True,
@@ -130,10 +130,9 @@ def _extract(cfg, json_path: str | None) -> dict:
 
 
 def print_run_summary(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = data_console()  # data strings (ids, paths, labels) are never read as markup
     t = Table(title="scav-extract", show_header=False)
     t.add_row("encoders", f"video={summary['encoders']['video']}  audio={summary['encoders']['audio']}")
     t.add_row("clips requested", str(summary["requested"]))
@@ -213,11 +212,10 @@ def manifest_cmd(
 
 def _dataset_cmd(name: str, result, out: Path, **kw) -> None:
     """Write the builder's manifest + missing-media report next to the cache, then extract."""
-    from rich.console import Console
 
     folder = Path(str(out) + ".manifests")
     manifest, report = result.write(folder, name)
-    Console(stderr=True).print(
+    data_console(stderr=True).print(
         f"{name}: {len(result.rows)} clips with media, {len(result.missing)} missing/unreadable "
         f"(listed in {report}); manifest: {manifest}"
     )
@@ -373,7 +371,6 @@ def inspect_cmd(
     json_path: JsonOut = None,
 ) -> None:
     """Show a cache's encoders, splits, sizes and failed clips (and, with --verify, its health)."""
-    from rich.console import Console
     from rich.table import Table
 
     from ..core.cache import FeatureCache
@@ -394,7 +391,7 @@ def inspect_cmd(
     write_json(json_path, {**summary, "failure_rows": failures})
     if json_path == "-":
         return
-    con = Console()
+    con = data_console()  # data strings (ids, paths, labels) are never read as markup
     t = Table(title=str(cache), show_header=False)
     for key, value in summary.items():
         if key == "encoders":
