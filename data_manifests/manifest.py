@@ -27,6 +27,7 @@ Loading has no side effects: it reads, validates and returns rows, or raises
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -129,7 +130,15 @@ def load_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as f:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ManifestError(f"{path}: line {line}, column {col}: byte 0x{data[e.start]:02x} is not UTF-8; "
+                            "save the manifest as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED if c not in header]

@@ -43,3 +43,15 @@ def test_missing_columns_and_file(tmp_path):
         load_manifest(path)
     with pytest.raises(ManifestError, match="does not exist"):
         load_manifest(tmp_path / "nope.csv")
+
+
+def test_non_utf8_byte_names_file_line_and_column(tmp_path):
+    """Issue 23: a manifest with a non-UTF-8 byte fails naming the file, the line and the column."""
+    from scav.data_manifests.manifest import ManifestError, load_manifest
+
+    p = tmp_path / "m.csv"
+    p.write_bytes(b"clip_id,path,split\na,a.mp4,test\nb,caf\xe9.mp4,test\n")
+    with pytest.raises(ManifestError) as e:
+        load_manifest(p)
+    msg = str(e.value)
+    assert str(p) in msg and "line 3, column 6" in msg and "0xe9" in msg and "\n" not in msg
