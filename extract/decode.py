@@ -117,6 +117,104 @@ class DecodedClip:
     audio: list[DecodedAudio] = field(default_factory=list)
 
 
+@dataclass
+class VideoChunk:
+    """Consecutive frames of the clip, already preprocessed: ``frames`` (n, ...) and ``times`` (n,) s."""
+
+    frames: np.ndarray
+    times: np.ndarray
+
+
+@dataclass
+class VideoEnd:
+    """After the last video chunk: the range actually decoded and the frame rate over it."""
+
+    n_frames: int
+    fps: float
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class TrackStart:
+    """An audio track begins; its samples follow as ``AudioPiece``s, then ``TrackEnd``."""
+
+    index: int
+    language: str | None
+    original: bool
+    n_samples: int
+    sample_rate: int = AUDIO_RATE
+
+
+@dataclass
+class AudioPiece:
+    samples: np.ndarray  # (n,) float32
+
+
+@dataclass
+class TrackEnd:
+    index: int
+
+
+def iter_clip(
+    path: str | os.PathLike,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    prep=None,
+    chunk_frames: int = 256,
+    chunk_bytes: int | None = None,
+    chunk_multiple: int = 1,
+    audio_piece: int = 10 * AUDIO_RATE,
+    audio_rate: int = AUDIO_RATE,
+    max_side: int | None = None,
+    threads: int | None = None,
+    extra_audio: Sequence[TrackSource] = (),
+):
+    """The clip as a stream: ``VideoChunk``s, one ``VideoEnd``, then per audio track ``TrackStart``,
+    ``AudioPiece``s, ``TrackEnd``. Raises ``DecodeError`` at the point a problem shows.
+
+    prep: a frame preprocessing (``frame_prep.py``) applied to each frame as it
+    leaves FFmpeg; None: (H, W, 3) uint8 RGB (area-downscaled to ``max_side``).
+    A chunk holds ``chunk_frames`` frames, fewer where that exceeds ``chunk_bytes``,
+    rounded down to a multiple of ``chunk_multiple`` (the encoder's batch: same
+    batches as encoding the whole clip). The last chunk may be shorter.
+    Memory: at most one chunk of preprocessed frames and about two ``audio_piece``
+    samples are held, whatever the clip's duration or resolution. The events
+    concatenate to exactly what :func:`decode_clip` returns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError("open", f"file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DecodeError("open", f"empty file (0 bytes): {path}")
+    for src in extra_audio:  # before decoding anything: a missing dub costs no video decode
+        if not Path(src.path).is_file():
+            raise DecodeError("open", f"{_describe(src)}: file not found")
+    override = any(src.original for src in extra_audio)  # the manifest's mark overrides the container's flags
+    with open_container(path, "decode-video") as container:
+        lo, hi = yield from _video_events(container, start, end, prep, (chunk_frames, chunk_bytes, chunk_multiple),
+                                          max_side, threads)
+        origin = (container.start_time or 0) / 1e6
+        flags = original_flags(_dispositions(container))
+        for k in range(len(container.streams.audio)):
+            yield from _audio_events(container, k, origin, lo, hi, audio_rate, audio_piece,
+                                     original=flags[k] and not override)
+    n_own = len(flags)
+    for j, src in enumerate(extra_audio):
+        what = _describe(src)
+        with open_container(src.path, "decode-audio", what=what) as container:
+            if not container.streams.audio:
+                raise DecodeError("decode-audio", f"{what}: no audio stream")
+            o = (container.start_time or 0) / 1e6
+            yield from _audio_events(container, 0, o, lo, hi, audio_rate, audio_piece, index=n_own + j,
+                                     language=src.language, original=src.original, what=what)
+
+
 def decode_clip(
     path: str | os.PathLike,
     start: float | None = None,
@@ -127,37 +225,44 @@ def decode_clip(
     threads: int | None = None,
     alloc_frames=None,
     extra_audio: Sequence[TrackSource] = (),
+    prep=None,
 ) -> DecodedClip:
     """Decode video frames with pts in [start, end) and every audio stream of that range.
 
+    The whole clip in memory (for short clips: queries, reports, tests); the
+    extraction runner streams :func:`iter_clip` instead.
     max_side: if set, frames whose longer side exceeds it are area-downscaled on
     decode (keeps aspect ratio) to save memory; the encoders resize anyway.
     threads: FFmpeg video decoding threads (None: FFmpeg's default, one per core).
-    A decode pool sets it to the cores each worker really has, so N workers do
-    not each start one thread per core (PITFALLS: oversubscription).
-    alloc_frames: ``(shape, dtype) -> array`` giving the (T, H, W, 3) array the
-    frames are stacked into (e.g. a view of shared memory, saving one copy of
-    the largest array); default a new numpy array.
+    alloc_frames: ``(shape, dtype) -> array`` giving the (T, ...) array the
+    frames are stacked into; default a new numpy array.
     extra_audio: tracks in separate files, appended after the container's streams.
+    prep: a per-frame preprocessing (``frame_prep.py``); frames are then its outputs.
     """
-
-    path = Path(path)
-    if not path.is_file():
-        raise DecodeError("open", f"file not found: {path}")
-    if path.stat().st_size == 0:
-        raise DecodeError("open", f"empty file (0 bytes): {path}")
-    for src in extra_audio:  # before decoding anything: a missing dub costs no video decode
-        if not Path(src.path).is_file():
-            raise DecodeError("open", f"{_describe(src)}: file not found")
-    with open_container(path, "decode-video") as container:
-        clip = _decode_open(container, start, end, audio_rate, max_side, threads, alloc_frames)
-    n_own = len(clip.audio)
-    for src in extra_audio:
-        clip.audio.append(_decode_track_file(src, len(clip.audio), clip.start, clip.end, audio_rate))
-    if any(src.original for src in extra_audio):  # the manifest's mark overrides the container's flags
-        for a in clip.audio[:n_own]:
-            a.original = False
-    return clip
+    chunks, times, tracks = [], [], []
+    head = None
+    for ev in iter_clip(path, start, end, prep=prep, audio_rate=audio_rate, max_side=max_side, threads=threads,
+                        extra_audio=extra_audio):
+        if isinstance(ev, VideoChunk):
+            chunks.append(ev.frames)
+            times.append(ev.times)
+        elif isinstance(ev, VideoEnd):
+            head = ev
+        elif isinstance(ev, TrackStart):
+            tracks.append((ev, []))
+        elif isinstance(ev, AudioPiece):
+            tracks[-1][1].append(ev.samples)
+    n = sum(len(c) for c in chunks)
+    shape = (n, *chunks[0].shape[1:])
+    frames = alloc_frames(shape, chunks[0].dtype) if alloc_frames else np.empty(shape, chunks[0].dtype)
+    np.concatenate(chunks, out=frames)
+    del chunks
+    audio = [
+        DecodedAudio(np.concatenate(p) if p else np.zeros(0, np.float32), t.index, t.language, t.sample_rate, t.original)
+        for t, p in tracks
+    ]
+    return DecodedClip(frames=frames, frame_times=np.concatenate(times), fps=head.fps, duration=head.duration,
+                       start=head.start, end=head.end, audio=audio)
 
 
 @contextlib.contextmanager
@@ -228,20 +333,22 @@ def _decode_track_file(src: TrackSource, index: int, lo: float, hi: float, rate:
     """The first audio stream of ``src`` over [lo, hi) s (the clip's decoded range), as track ``index``."""
 
     what = _describe(src)
-    path = Path(src.path)
-    if not path.is_file():
+    if not Path(src.path).is_file():
         raise DecodeError("open", f"{what}: file not found")
-    with open_container(path, "decode-audio", what=what) as container:
+    pieces = []
+    with open_container(src.path, "decode-audio", what=what) as container:
         if not container.streams.audio:
             raise DecodeError("decode-audio", f"{what}: no audio stream")
         origin = (container.start_time or 0) / 1e6
-        track = _decode_audio(container, 0, origin, lo, hi, rate)
-    if len(track.samples) == 0:
-        raise DecodeError("range", f"{what}: the file ends before the clip's range [{lo:g}, {hi:g}) s")
-    return DecodedAudio(track.samples, index, src.language, rate, src.original)
+        for ev in _audio_events(container, 0, origin, lo, hi, rate, 1 << 20, index=index,
+                                language=src.language, original=src.original, what=what):
+            if isinstance(ev, AudioPiece):
+                pieces.append(ev.samples)
+    return DecodedAudio(np.concatenate(pieces), index, src.language, rate, src.original)
 
 
-def _decode_open(container, start, end, audio_rate, max_side, threads=None, alloc_frames=None) -> DecodedClip:
+def _video_events(container, start, end, prep, chunking, max_side, threads):
+    """VideoChunk ... VideoEnd of the range; returns the range (lo, hi) actually decoded."""
     if not container.streams.video:
         raise DecodeError("decode-video", "no video stream")
     if not container.streams.audio:
@@ -261,33 +368,16 @@ def _decode_open(container, start, end, audio_rate, max_side, threads=None, allo
             log.debug("range end %g s clipped to the file end %g s", hi, file_end)
             hi = file_end
 
-    frames, times, (span_lo, span_hi) = _decode_video(container, origin, lo, hi, max_side, threads)
-    if not frames:
+    n, (span_lo, span_hi) = yield from _decode_video(container, origin, lo, hi, max_side, threads, prep, chunking)
+    if n == 0:
         raise DecodeError("range", f"no video frame in [{lo:g}, {hi:g}) s")
     if not math.isfinite(hi):  # the file states no duration: the video's last frame ends it
         hi = span_hi
     vstream = container.streams.video[0]
     span = span_hi - span_lo
-    fps = len(frames) / span if span > 0 else float(vstream.average_rate or 0.0)
-
-    tracks = [
-        _decode_audio(container, k, origin, lo, hi, audio_rate)
-        for k in range(len(container.streams.audio))
-    ]
-    for track, original in zip(tracks, original_flags(_dispositions(container))):
-        track.original = original
-    shape = (len(frames), *frames[0].shape)
-    stacked = np.stack(frames, out=alloc_frames(shape, np.uint8)) if alloc_frames else np.stack(frames)
-    del frames
-    return DecodedClip(
-        frames=stacked,
-        frame_times=np.asarray(times, dtype=np.float64),
-        fps=float(fps),
-        duration=hi - lo,
-        start=lo,
-        end=hi,
-        audio=tracks,
-    )
+    fps = n / span if span > 0 else float(vstream.average_rate or 0.0)
+    yield VideoEnd(n_frames=n, fps=float(fps), start=lo, end=hi)
+    return lo, hi
 
 
 def _container_end(container, origin: float) -> float | None:
@@ -314,8 +404,17 @@ def _seek(container, stream, t: float, origin: float) -> None:
     container.seek(target, stream=stream, backward=True, any_frame=False)
 
 
-def _decode_video(container, origin, lo, hi, max_side, threads=None):
-    """Frames with pts in [lo, hi): (list of (H, W, 3) uint8, list of seconds, (first, end) covered)."""
+def _chunk_size(frame_bytes: int, chunking) -> int:
+    frames, nbytes, multiple = chunking
+    n = max(1, int(frames))
+    if nbytes:
+        n = min(n, max(1, int(nbytes) // max(1, frame_bytes)))
+    m = max(1, int(multiple))
+    return max(m, (n // m) * m) if n >= m else n
+
+
+def _decode_video(container, origin, lo, hi, max_side, threads, prep, chunking):
+    """Yields VideoChunks of the frames with pts in [lo, hi); returns (count, (first, end) covered)."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     if threads is not None:
@@ -325,41 +424,58 @@ def _decode_video(container, origin, lo, hi, max_side, threads=None):
     if lo > 0:
         _seek(container, stream, lo, origin)
     size = None
-    frames, times = [], []
-    last_t = last_dur = None
-    first_stream_t = None
+    buf = None  # (chunk_frames, ...) the current chunk, filled frame by frame
+    chunk_frames = 0
+    times: list[float] = []
+    n = 0
+    first_t = last_t = last_dur = None
     reached_end = False
-    try:
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                raise DecodeError("decode-video", "a decoded frame has no timestamp (pts)")
-            t = float(frame.pts * tb) - origin
-            if first_stream_t is None:
-                first_stream_t = t
-            if t >= hi - _EPS:
-                reached_end = True
-                break
-            if t < lo - _EPS:
-                continue
-            if size is None:
-                size = _target_size(frame.width, frame.height, max_side)
-            if size == (frame.width, frame.height):
-                rgb = frame.to_ndarray(format="rgb24")
-            else:
-                rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA").to_ndarray()
-            frames.append(rgb)
-            times.append(t)
-            last_t = t
-            last_dur = float(frame.duration * tb) if frame.duration else None
-    except DecodeError:
-        raise
-    except Exception as e:  # FFmpeg errors mid-stream (corrupt / truncated data)
-        if not frames:
-            raise DecodeError("decode-video", f"{type(e).__name__}: {e}") from None
-        # keep what decoded: a truncated tail loses frames, which the counts will show
-        log.warning("video decoding stopped early at %.3f s: %s", last_t, e)
-    if not frames:
-        return frames, times, (lo, lo)
+    frames_iter = container.decode(stream)
+    while True:
+        try:  # only FFmpeg's own errors are caught here, never the consumer's
+            frame = next(frames_iter, None)
+        except Exception as e:  # FFmpeg errors mid-stream (corrupt / truncated data)
+            if n == 0 and not times:
+                raise DecodeError("decode-video", f"{type(e).__name__}: {e}") from None
+            # keep what decoded: a truncated tail loses frames, which the counts will show
+            log.warning("video decoding stopped early at %.3f s: %s", last_t, e)
+            break
+        if frame is None:
+            break
+        if frame.pts is None:
+            raise DecodeError("decode-video", "a decoded frame has no timestamp (pts)")
+        t = float(frame.pts * tb) - origin
+        if t >= hi - _EPS:
+            reached_end = True
+            break
+        if t < lo - _EPS:
+            continue
+        if size is None:
+            size = _target_size(frame.width, frame.height, None if prep is not None else max_side)
+        if size == (frame.width, frame.height):
+            rgb = frame.to_ndarray(format="rgb24")
+        else:
+            rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA").to_ndarray()
+        x = prep(rgb) if prep is not None else rgb
+        del rgb
+        if buf is None:
+            chunk_frames = _chunk_size(x.nbytes, chunking)
+            buf = np.empty((chunk_frames, *x.shape), x.dtype)
+        buf[len(times)] = x
+        times.append(t)
+        first_t = t if first_t is None else first_t
+        last_t = t
+        last_dur = float(frame.duration * tb) if frame.duration else None
+        if len(times) == chunk_frames:
+            n += len(times)
+            yield VideoChunk(buf, np.asarray(times, dtype=np.float64))
+            buf, times = None, []
+    if times:
+        n += len(times)
+        yield VideoChunk(buf[: len(times)].copy(), np.asarray(times, dtype=np.float64))
+        buf = None
+    if n == 0:
+        return 0, (lo, lo)
     if reached_end:
         span_hi = hi
     else:
@@ -372,8 +488,8 @@ def _decode_video(container, origin, lo, hi, max_side, threads=None):
                 "decode-video",
                 f"truncated or corrupt: frames stop at {span_hi:.3f} s but the video stream runs to {nominal_end:.3f} s",
             )
-    stream_t0 = float((stream.start_time or 0) * tb) - origin if stream.start_time is not None else times[0]
-    return frames, times, (max(lo, stream_t0), span_hi)
+    stream_t0 = float((stream.start_time or 0) * tb) - origin if stream.start_time is not None else first_t
+    return n, (max(lo, stream_t0), span_hi)
 
 
 def _target_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
@@ -384,64 +500,137 @@ def _target_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
 
 
 def _decode_audio(container, k: int, origin: float, lo: float, hi: float, rate: int) -> DecodedAudio:
-    """Audio stream ``k`` in [lo, hi), resampled to ``rate`` Hz mono: (N,) float32."""
+    """Audio stream ``k`` in [lo, hi), resampled to ``rate`` Hz mono: (N,) float32 (all in memory)."""
+    pieces, head = [], None
+    for ev in _audio_events(container, k, origin, lo, hi, rate, 1 << 20):
+        if isinstance(ev, TrackStart):
+            head = ev
+        elif isinstance(ev, AudioPiece):
+            pieces.append(ev.samples)
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    return DecodedAudio(samples=samples, index=k, language=head.language, sample_rate=rate)
+
+
+_FROM_STREAM = object()
+
+
+class _Pieces:
+    """Output samples 0..n_out of a track, cut from the decoded stream, handed out ``piece`` at a time."""
+
+    def __init__(self, n_out: int, piece: int):
+        self.n_out, self.piece = n_out, max(1, int(piece))
+        self.pos = 0  # output samples accepted so far
+        self.skip = 0  # decoded samples still to drop before output sample 0
+        self.pending: list[np.ndarray] = []
+        self.held = 0
+
+    def push(self, x: np.ndarray):
+        if self.skip:
+            drop = min(self.skip, len(x))
+            x, self.skip = x[drop:], self.skip - drop
+        x = x[: self.n_out - self.pos]
+        if len(x):
+            self.pending.append(x)
+            self.held += len(x)
+            self.pos += len(x)
+        if self.held >= self.piece:
+            yield from self._flush(final=False)
+
+    def zeros(self, n: int):
+        yield from self.push(np.zeros(max(0, min(n, self.n_out - self.pos)), np.float32))
+
+    def _flush(self, final: bool):
+        if not self.pending:
+            return
+        buf = np.concatenate(self.pending).astype(np.float32, copy=False)
+        self.pending, self.held = [], 0
+        cut = len(buf) if final else (len(buf) // self.piece) * self.piece
+        for i in range(0, cut, self.piece):
+            yield AudioPiece(np.clip(buf[i : i + self.piece], -1.0, 1.0))
+        if cut < len(buf):
+            self.pending, self.held = [buf[cut:]], len(buf) - cut
+
+    def finish(self):
+        yield from self.zeros(self.n_out - self.pos)
+        yield from self._flush(final=True)
+
+
+def _audio_events(container, k: int, origin: float, lo: float, hi: float, rate: int, piece: int, *,
+                  index: int | None = None, language=_FROM_STREAM, original: bool = False, what: str | None = None):
+    """TrackStart, AudioPieces, TrackEnd of audio stream ``k`` over [lo, hi) at ``rate`` Hz mono.
+
+    The samples are exactly the whole-range rule of the module docstring, handed
+    out in pieces of ``piece`` samples while decoding (at most about two pieces held).
+    """
     import av
 
     stream = container.streams.audio[k]
-    lang = stream.metadata.get("language")
-    lang = None if lang in (None, "", "und") else lang
+    if language is _FROM_STREAM:
+        language = stream.metadata.get("language")
+        language = None if language in (None, "", "und") else language
     stream_end = _stream_end(stream, origin)
     a_hi = hi if stream_end is None else min(hi, stream_end)
     n_out = max(0, int(round((a_hi - lo) * rate)))
+    label = f"audio stream {k}"  # a file track's ``what`` is prefixed by open_container
+    if what is not None and n_out == 0:
+        raise DecodeError("range", f"{what}: the file ends before the clip's range [{lo:g}, {hi:g}) s")
+    index = k if index is None else index
+    yield TrackStart(index, language, bool(original), n_out, rate)
 
     # decode from a bit before lo: resampler warm-up, and packets straddling lo
     _seek(container, stream, lo - 0.5, origin)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    chunks: list[np.ndarray] = []
+    out = _Pieces(n_out, piece)
     t0 = None
-    try:
-        for frame in container.decode(stream):
-            if t0 is None:
-                if frame.pts is None:
-                    raise DecodeError("decode-audio", f"audio stream {k}: a frame has no timestamp")
-                frame = _align_to_grid(frame, stream, rate)
-                if frame is None:
-                    continue
-                t0 = float(frame.pts * frame.time_base) - origin
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-            decoded_until = t0 + sum(len(c) for c in chunks) / rate
-            if decoded_until > a_hi + 1.0:
-                break
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    except DecodeError:
-        raise
-    except Exception as e:
-        if not chunks:
-            raise DecodeError("decode-audio", f"audio stream {k}: {type(e).__name__}: {e}") from None
-        log.warning("audio stream %d decoding stopped early: %s", k, e)
+    first = 0
+    n_decoded = 0
+    frames = container.decode(stream)
+    stopped = False
+    while not stopped:
+        try:  # FFmpeg's errors only, never the consumer's
+            frame = next(frames, None)
+            if frame is None:
+                outs, stopped = resampler.resample(None), True
+            else:
+                if t0 is None:
+                    if frame.pts is None:
+                        raise DecodeError("decode-audio", f"{label}: a frame has no timestamp")
+                    frame = _align_to_grid(frame, stream, rate)
+                    if frame is None:
+                        continue
+                outs = resampler.resample(frame)
+        except DecodeError:
+            raise
+        except Exception as e:
+            if n_decoded == 0:
+                raise DecodeError("decode-audio", f"{label}: {type(e).__name__}: {e}") from None
+            log.warning("%s decoding stopped early: %s", label, e)
+            break
+        if t0 is None and frame is not None:
+            t0 = float(frame.pts * frame.time_base) - origin
+            # sample i of the decoded stream is at t0 + i / rate; output sample j is decoded sample first + j
+            first = int(round((lo - t0) * rate))
+            out.skip = max(first, 0)
+            yield from out.zeros(-first)  # a stream starting after lo: zeros before it
+        for o in outs:
+            x = o.to_ndarray().reshape(-1)
+            n_decoded += len(x)
+            yield from out.push(x)
+        if t0 is not None and t0 + n_decoded / rate > a_hi + 1.0:
+            break
     if t0 is None:
-        raise DecodeError("decode-audio", f"audio stream {k} has no decodable frames")
-    decoded = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-
-    # sample i of `decoded` is at time t0 + i / rate; copy the range into a zero-filled array
-    out = np.zeros(n_out, dtype=np.float32)
-    first = int(round((lo - t0) * rate))
-    src_lo, src_hi = max(first, 0), min(first + n_out, len(decoded))
-    if src_hi > src_lo:
-        out[src_lo - first : src_hi - first] = decoded[src_lo:src_hi]
-    tail_missing = n_out - max(0, len(decoded) - first)
+        raise DecodeError("decode-audio", f"{label} has no decodable frames")
+    tail_missing = n_out - max(0, n_decoded - first)
     if tail_missing > rate // 4:  # decoded AAC is longer than nominal; far shorter = truncated
         raise DecodeError(
             "decode-audio",
-            f"audio stream {k} truncated or corrupt: {tail_missing / rate:.3f} s missing before {a_hi:.3f} s",
+            f"{label} truncated or corrupt: {tail_missing / rate:.3f} s missing before {a_hi:.3f} s",
         )
-    missing = n_out - max(0, src_hi - src_lo)
-    if missing > rate // 100:  # a stream starting after the range start: zeros before it
-        log.debug("audio stream %d: %d of %d samples missing, zero-filled", k, missing, n_out)
-    np.clip(out, -1.0, 1.0, out=out)
-    return DecodedAudio(samples=out, index=k, language=lang, sample_rate=rate)
+    copied = max(0, min(first + n_out, n_decoded) - max(first, 0))
+    if n_out - copied > rate // 100:
+        log.debug("%s: %d of %d samples missing, zero-filled", label, n_out - copied, n_out)
+    yield from out.finish()
+    yield TrackEnd(index)
 
 
 def _align_to_grid(frame, stream, rate: int):

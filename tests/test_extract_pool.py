@@ -8,23 +8,19 @@ clips each part holds (in order), and the failures table row by row.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cache_factory import assert_same_contents, cache_contents
-from test_extract_cli import cli, tiny_clip
-from test_extract_runner import MIXED, _FakeEnc, broken, cfg_for, mixed  # noqa: F401 (fixtures)
-
 from scav.core.cache import FeatureCache
-from scav.core.schema import EncoderInfo, Failure
 from scav.data_manifests.manifest import ManifestRow, load_manifest, write_manifest
 from scav.extract import decode_pool, runner
 from scav.extract.runner import run
+from test_extract_cli import cli, tiny_clip
+from test_extract_runner import MIXED, _FakeEnc, broken, cfg_for, mixed  # noqa: F401 (fixtures)
 
 PY = sys.executable
 
@@ -42,43 +38,21 @@ def assert_same_cache(a: Path, b: Path) -> None:
     assert layout(a) == layout(b)
 
 
-def _exists(names: list[str]) -> list[str]:
-    """Those of ``names`` still in /dev/shm (other processes on the machine may hold their own)."""
-    return [n for n in names if os.path.exists(f"/dev/shm/{n}")]
-
-
-def _record_released(monkeypatch) -> list[str]:
-    """Names of the shared segments the runner releases."""
-    names: list[str] = []
-    real = decode_pool.release
-
-    def spy(clip):
-        shm = getattr(clip, "_shm", None)
-        if shm is not None:
-            names.append(shm.name)
-        real(clip)
-
-    monkeypatch.setattr(decode_pool, "release", spy)
-    return names
-
-
 @pytest.mark.parametrize("fixture", ["mixed", "broken"])
-def test_pool_writes_the_reference_cache(fixture, request, tmp_path, monkeypatch):
+def test_pool_writes_the_reference_cache(fixture, request, tmp_path):
     _, manifest = request.getfixturevalue(fixture)
-    released = _record_released(monkeypatch)
     ref = run(cfg_for(manifest, tmp_path / "ref.zarr", part_clips=3, decode_workers=0, decode_threads=1))
-    pool = run(cfg_for(manifest, tmp_path / "pool.zarr", part_clips=3, decode_workers=2, frame_batch=40, prefetch=2))
+    pool = run(cfg_for(manifest, tmp_path / "pool.zarr", part_clips=3, decode_workers=2, frame_batch=7, prefetch=2))
     assert_same_cache(tmp_path / "ref.zarr", tmp_path / "pool.zarr")
     assert pool["failures"] == ref["failures"] and pool["extracted"] == ref["extracted"]
     if fixture == "broken":  # a decode failure is still a row with stage and reason
         assert {f["stage"] for f in pool["failures"]} >= {"open", "decode-audio", "decode-video", "range"}
-    assert released and not _exists(released)  # frames came through shared memory, all freed
 
 
-def test_two_devices_share_one_pool_and_write_the_reference_cache(mixed, tmp_path):  # noqa: F811
+def test_two_devices_each_with_decoders_write_the_reference_cache(mixed, tmp_path):  # noqa: F811
     _, manifest = mixed
     run(cfg_for(manifest, tmp_path / "ref.zarr", part_clips=2, decode_workers=0))
-    summary = run(cfg_for(manifest, tmp_path / "mp.zarr", part_clips=2, devices=("cpu", "cpu"), decode_workers=1))
+    summary = run(cfg_for(manifest, tmp_path / "mp.zarr", part_clips=2, devices=("cpu", "cpu"), decode_workers=2))
     assert summary["extracted"] == len(MIXED) + 1
     assert_same_contents(cache_contents(tmp_path / "ref.zarr"), cache_contents(tmp_path / "mp.zarr"))
     # the same shards as before: device k wrote pending[k::2], each in its own parts
@@ -88,80 +62,72 @@ def test_two_devices_share_one_pool_and_write_the_reference_cache(mixed, tmp_pat
         tuple(s[i:i + 2]) for s in (ids[0::2], ids[1::2]) for i in range(0, len(s), 2))
 
 
-class _ManyEnc(_FakeEnc):
-    """A fake encoder with encode_many; records how many inputs (and frames) each call got."""
+class _ChunkSpy(_FakeEnc):
+    """A fake video encoder that records the chunk sizes it was given."""
 
-    calls: list
-
-    def __init__(self, *a, fail_many=False, **kw):
+    def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.calls, self.fail_many = [], fail_many
+        self.chunks = []
 
-    def encode_many(self, xs):
-        self.calls.append([len(x) for x in xs])
-        if self.fail_many or any(self.fail_on_len == len(x) for x in xs):
-            raise RuntimeError("batch boom")
-        return [self.encode(x) for x in xs]
+    def encode(self, x):
+        self.chunks.append(len(x))
+        return np.full((len(x), self.dim), 1.0, np.float32)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_encode_many_batches_by_frames_and_errors_stay_on_their_clip(mixed, tmp_path, monkeypatch, workers):  # noqa: F811
+def test_clips_stream_in_chunks_and_errors_stay_on_their_clip(mixed, tmp_path, monkeypatch, workers):  # noqa: F811
     _, manifest = mixed
     plain = (_FakeEnc("v", 8, fail_on_len=12), _FakeEnc("a", 4))
     monkeypatch.setattr(runner, "build_encoders", lambda spec, device="cpu": plain)
-    ref = run(cfg_for(manifest, tmp_path / "ref.zarr", decode_workers=0))
-    many = (_ManyEnc("v", 8, fail_on_len=12), _ManyEnc("a", 4))
-    monkeypatch.setattr(runner, "build_encoders", lambda spec, device="cpu": many)
-    got = run(cfg_for(manifest, tmp_path / "many.zarr", decode_workers=workers, frame_batch=60))
-    assert got["failures"] == ref["failures"] == [
-        {**ref["failures"][0], "clip_id": "a24", "stage": "encode"}]
-    assert_same_cache(tmp_path / "ref.zarr", tmp_path / "many.zarr")
-    assert all(sum(c[:-1]) < 60 for c in many[0].calls)  # a batch stops once it reaches frame_batch
-    assert len(many[1].calls) >= 1
+    ref = run(cfg_for(manifest, tmp_path / "ref.zarr", decode_workers=0))  # chunks of 1024: a24 is one chunk of 12
+    assert ref["failures"] == [{**ref["failures"][0], "clip_id": "a24", "stage": "encode"}]
+    spy = (_ChunkSpy("v", 8), _FakeEnc("a", 4))
+    monkeypatch.setattr(runner, "build_encoders", lambda spec, device="cpu": spy)
+    got = run(cfg_for(manifest, tmp_path / "spy.zarr", decode_workers=workers, frame_batch=5))
+    assert got["extracted"] == len(MIXED) + 1 and not got["failures"]
+    assert max(spy[0].chunks) == 5 and min(spy[0].chunks) >= 1  # no call saw more than one chunk
+    cache = FeatureCache.open(tmp_path / "spy.zarr")
+    assert sum(spy[0].chunks) == sum(c.n_video for c in cache.clips())
 
 
-def test_window_bounds_the_clips_held_and_frees_shared_memory(mixed, tmp_path):  # noqa: F811
+def test_streams_come_in_row_order_and_hold_at_most_the_credits(mixed):  # noqa: F811
+    from scav.extract.decode import VideoChunk
+
     folder, manifest = mixed
     rows = load_manifest(manifest) * 2
-    seen, held, names = [], [], []
-    with decode_pool.ProcessDecodeSource(rows, folder, workers=2, prefetch=1) as src:
-        assert src.window == 3
-        for k, (row, clip) in enumerate(src):
-            assert src.outstanding <= src.window
+    spec = decode_pool.StreamSpec(chunk_frames=4)
+    with decode_pool.ThreadStreams(rows, folder, spec, workers=2, credits=2) as src:
+        seen = []
+        for k, (row, events) in enumerate(src):
             assert row.clip_id == rows[k].clip_id  # manifest order
             seen.append(row.clip_id)
-            names.append(clip._shm.name)
-            held.append(clip)
-            if len(held) == 2 or not src.ready():  # a consumer holding a batch of two
-                for c in held:
-                    decode_pool.release(c)
-                held.clear()
-        for c in held:
-            decode_pool.release(c)
-    assert seen == [r.clip_id for r in rows] and src.outstanding == 0
-    assert len(set(names)) == len(rows) and not _exists(names)
+            for ev in events:
+                for q in src.queues:  # never more waiting than the credits
+                    assert q.qsize() <= 2
+                if isinstance(ev, VideoChunk):
+                    assert len(ev.frames) <= 4
+    assert seen == [r.clip_id for r in rows]
 
 
-def test_pool_frames_are_the_decoders_frames(mixed):  # noqa: F811
-    from scav.extract.decode import decode_clip
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_streamed_clip_is_the_decoded_clip(mixed, kind):  # noqa: F811
+    from scav.extract.decode import AudioPiece, VideoChunk, VideoEnd, decode_clip
 
     folder, manifest = mixed
-    rows = [r for r in load_manifest(manifest) if r.clip_id in ("b25", "e_long_win")]
-    with decode_pool.ProcessDecodeSource(rows, folder, workers=1, prefetch=1) as src:
-        for row, clip in src:
+    rows = [r for r in load_manifest(manifest) if r.clip_id in ("b25", "e_long_win", "f_two_tracks")]
+    spec = decode_pool.StreamSpec(chunk_frames=7, audio_piece=1000)
+    cls = decode_pool.ThreadStreams if kind == "threads" else decode_pool.ProcessStreams
+    with cls(rows, folder, spec, workers=2, credits=1) as src:
+        for row, events in src:
+            evs = list(events)
             ref = decode_clip(row.resolve(folder), row.start, row.end)
-            np.testing.assert_array_equal(clip.frames, ref.frames)
-            np.testing.assert_array_equal(clip.frame_times, ref.frame_times)
-            np.testing.assert_array_equal(clip.audio[0].samples, ref.audio[0].samples)
-            decode_pool.release(clip)
-
-
-def test_full_shm_falls_back_to_pickled_frames(mixed, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(decode_pool, "_shm_has_room", lambda n: False)
-    folder, manifest = mixed
-    row = load_manifest(manifest)[1]
-    clip = decode_pool._decode_to_shared(row, str(folder))
-    assert isinstance(clip.frames, np.ndarray) and len(clip.frames) > 0
+            frames = np.concatenate([e.frames for e in evs if isinstance(e, VideoChunk)])
+            np.testing.assert_array_equal(frames, ref.frames)
+            head = next(e for e in evs if isinstance(e, VideoEnd))
+            assert (head.fps, head.start, head.end) == (ref.fps, ref.start, ref.end)
+            pieces = [e.samples for e in evs if isinstance(e, AudioPiece)]
+            assert max(len(p) for p in pieces) <= 1000
+            np.testing.assert_array_equal(np.concatenate(pieces), np.concatenate([a.samples for a in ref.audio]))
 
 
 def test_default_workers_leave_a_core_per_gpu(monkeypatch):

@@ -4,7 +4,7 @@ and the per-clip fallback (``encode_each_alone``)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -43,9 +43,18 @@ class EncodeError(Exception):
 
 
 class VideoEncoder(Protocol):
+    """``frame_prep()`` (optional): the per-frame preprocessing decode workers run (``frame_prep.py``),
+    and ``encode_prepped(frames)`` takes a chunk of its outputs; ``encode`` takes raw frames."""
+
     info: EncoderInfo
 
     def encode(self, frames: np.ndarray) -> np.ndarray:  # (T, H, W, 3) uint8 -> (T, D) float32
+        ...
+
+    def frame_prep(self):  # a picklable (H, W, 3) uint8 -> array callable, or None
+        ...
+
+    def encode_prepped(self, frames: np.ndarray) -> np.ndarray:  # (T, *prep_out) -> (T, D) float32
         ...
 
     def encode_many(self, clips: Sequence[np.ndarray]) -> list[np.ndarray | EncodeError]:
@@ -56,6 +65,10 @@ class AudioEncoder(Protocol):
     info: EncoderInfo
 
     def encode(self, samples: np.ndarray) -> np.ndarray:  # (N,) float32 -> (S, D) float32
+        ...
+
+    def encode_chunks(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """(S_i, D) float32 blocks whose concatenation is ``encode(np.concatenate(chunks))``."""
         ...
 
     def encode_many(self, clips: Sequence[np.ndarray]) -> list[np.ndarray | EncodeError]:
@@ -94,6 +107,17 @@ class _EachAlone:
         return encode_each_alone(self, clips)
 
 
+
+
+def encode_chunks(enc, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """``enc.encode_chunks(chunks)`` where the encoder streams; otherwise the default: concatenate the
+    pieces, then ``encode`` once (memory then grows with the clip's duration)."""
+    own = getattr(enc, "encode_chunks", None)
+    if own is not None:
+        yield from own(chunks)
+        return
+    pieces = [np.asarray(c, dtype=np.float32) for c in chunks]
+    yield enc.encode(np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
 
 
 def audio_steps(n_samples: int) -> int:

@@ -28,23 +28,35 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 def _fetch_hint(repo: str) -> str:
     return (
-        f"On a machine with internet: `hf download {repo}` (huggingface_hub >= 1.0; older: "
-        f"`huggingface-cli download {repo}`), then copy its Hugging Face cache folder here (or set "
-        f"HF_HUB_CACHE/HF_HOME to it), or pass the snapshot folder itself. See docs/WEIGHTS.md."
+        f"On a machine with internet the repository id downloads into the Hugging Face cache by itself "
+        f"(unset HF_HUB_OFFLINE). For an offline machine: `hf download {repo}` elsewhere (huggingface_hub "
+        f">= 1.0; older: `huggingface-cli download {repo}`), copy its Hugging Face cache folder here (or set "
+        f"HF_HUB_CACHE/HF_HOME to it) and set HF_HUB_OFFLINE=1, or pass the snapshot folder itself. "
+        f"See docs/WEIGHTS.md."
     )
 
 
+# what CLIPVisionModel + its image processor read; the repository also holds TF/JAX weights we never load
+_HUB_FILES = ["*.json", "*.txt", "*.safetensors"]
+_HUB_FALLBACK_WEIGHTS = ["pytorch_model*.bin"]  # repositories without safetensors, as transformers falls back
+
+
 def _from_hf_cache(repo: str) -> tuple[Path, str]:
-    """(snapshot folder, commit) of ``repo[@revision]`` from the local Hugging Face cache; never downloads."""
+    """(snapshot folder, commit) of ``repo[@revision]`` as transformers loads a repository id: fetched
+    through the Hugging Face hub into its cache on a machine with internet (only the files above);
+    from the local cache alone when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached."""
     from huggingface_hub import constants, snapshot_download
 
     repo_id, _, revision = repo.partition("@")
     try:
-        d = Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
-    except Exception as e:  # LocalEntryNotFoundError and friends: not cached, and we do not download
+        d = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_FILES))
+        if not any(d.glob("*.safetensors")):
+            d = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_FALLBACK_WEIGHTS))
+    except Exception as e:  # not on the hub, no network and not cached, offline and not cached, ...
+        offline = "; HF_HUB_OFFLINE is set, so only that cache was looked at" if constants.HF_HUB_OFFLINE else ""
         raise FileNotFoundError(
-            f"{repo} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and SCAV never "
-            f"downloads ({type(e).__name__}). {_fetch_hint(repo_id)}"
+            f"{repo} could not be loaded from the Hugging Face hub nor from the local cache "
+            f"({constants.HF_HUB_CACHE}{offline}): {type(e).__name__}. {_fetch_hint(repo_id)}"
         ) from None
     return d, d.name  # HF cache layout: .../snapshots/<commit>
 
@@ -53,8 +65,9 @@ def _resolve_clip_dir(weights: str | os.PathLike | None) -> tuple[Path, dict[str
     """The local folder holding the CLIP files, and where it came from.
 
     ``weights`` is a folder (transformers format), a Hugging Face repository id
-    (``owner/name[@revision]``) looked up in the local HF cache only, or None for
-    ``openai/clip-vit-base-patch32`` from that cache. Nothing is ever downloaded.
+    (``owner/name[@revision]``, loaded as transformers does: downloaded into the HF
+    cache with internet, from that cache when ``HF_HUB_OFFLINE`` is set), or None for
+    ``openai/clip-vit-base-patch32`` the same way.
     """
     if weights is None:
         d, commit = _from_hf_cache(CLIP_REPO)
@@ -168,7 +181,8 @@ class ClipVisionEncoder:
             self.kernel = default_kernel(self.device)
             # frames per resize call: small on CPU (stays in cache), larger on a GPU (fewer launches)
             self.preprocess_chunk = 32 if self.device.type == "cpu" else 256
-            tensor_info = {"tensor_kernel": f"{self.kernel} ({self.device.type})"}
+            # scav-extract resizes in its decode workers (frame_prep: the uint8 kernel on their CPUs)
+            tensor_info = {"tensor_kernel": f"{self.kernel} ({self.device.type}); scav-extract: uint8 (decode workers)"}
         self.info = EncoderInfo(
             name=name,
             dim=int(cfg.hidden_size),
@@ -203,7 +217,7 @@ class ClipVisionEncoder:
             },
         )
 
-    def preprocess(self, frames: np.ndarray) -> "torch.Tensor":  # noqa: F821
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:  # noqa: F821
         """(T, H, W, 3) uint8 -> pixel_values (T, 3, S, S) float32 (on ``device`` for ``"tensor"``)."""
         import torch
 
@@ -221,7 +235,28 @@ class ClipVisionEncoder:
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _forward(self, pix: "torch.Tensor") -> np.ndarray:  # noqa: F821
+    def frame_prep(self):
+        """Resize (shortest side) + centre crop of one frame with this encoder's resize backend, run where
+        frames are decoded; None if the processor is not the CLIP recipe (frames then come whole).
+
+        ``pil``: the processor then sees 224x224 images and leaves them as they are (Pillow's resize to
+        the same size is a copy): features bit-identical to ``encode`` on full frames. ``tensor``: the
+        uint8 kernel on the worker's CPU (on CUDA ``encode`` uses the float kernel: within 1-2 grey
+        levels of each other and of PIL, tests/test_preprocess_clip.py)."""
+        from ..clip_preprocess import ClipPreprocessSpec
+        from ..frame_prep import ClipCropPrep
+
+        try:
+            spec = ClipPreprocessSpec.from_processor(self.processor)
+        except ValueError:
+            return None
+        return ClipCropPrep(spec.shortest_edge, spec.crop_height, spec.crop_width, backend=self.preprocess_mode)
+
+    def encode_prepped(self, frames: np.ndarray) -> np.ndarray:
+        """(T, crop, crop, 3) uint8 (``frame_prep``'s outputs) -> (T, hidden) float32."""
+        return self.encode(frames)
+
+    def _forward(self, pix: torch.Tensor) -> np.ndarray:  # noqa: F821
         """pixel_values (b, 3, S, S) -> (b, hidden) float32 numpy (one device sync per call)."""
         import torch
 

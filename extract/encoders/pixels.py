@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from scav.core.schema import EncoderInfo
 
-from .base import PIXELS_SIDE, _check_frames, _EachAlone
+from .base import PIXELS_SIDE, EncodeError, _check_frames, _EachAlone
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,19 @@ class PixelsEncoder(_EachAlone):
                 "layout": "(16, 16, 3) row-major flattened",
             },
         )
+
+    def frame_prep(self):
+        """The area resize for one frame, run where frames are decoded (bit-identical to ``encode``'s)."""
+        from ..frame_prep import PixelsPrep
+
+        return PixelsPrep(PIXELS_SIDE)
+
+    def encode_prepped(self, frames: np.ndarray) -> np.ndarray:
+        """(T, 16, 16, 3) float32 (``frame_prep``'s outputs) -> (T, 768) float32."""
+        x = np.asarray(frames)
+        if x.ndim != 4 or x.shape[1:] != (PIXELS_SIDE, PIXELS_SIDE, 3):
+            raise EncodeError("encode", f"prepared frames must be (T, 16, 16, 3), got {x.shape}")
+        return x.reshape(len(x), -1).astype(np.float32)
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 -> (T, 768) float32."""
