@@ -20,7 +20,7 @@ import pytest
 import scipy.signal as ss
 import torch
 
-from scav.dub.loudness import LoudnessMatcher, loudness_difference, loudness_lufs, match_spectrum
+from scav.dub.loudness import LoudnessMatcher, loudness_difference, loudness_lufs, match_spectrum, remix_to_loudness
 from scav.dub.stages import Audio, Matcher, MissingWeights, StageError, Stretcher, Synthesizer, VoiceConverter
 from scav.dub.timing import MAX_RATE, MIN_RATE, LibrosaStretcher, RubberbandStretcher, default_stretcher
 from scav.dub.tts import EspeakSynthesizer, clean_text
@@ -276,6 +276,34 @@ def test_loudness_measures():
     # silence as reference: nothing to match, the audio comes back at its level
     m = LoudnessMatcher().match_detail(Audio(x, SR), Audio(np.zeros(SR, np.float32), SR))
     assert m.gain_db == 0.0 and m.note
+
+
+def test_remix_restores_the_loudness_the_correlated_stems_lose():
+    """The issue's case: a background that holds part of the speech (r > 0), a new speech as loud as
+    the old stem but independent of the background. pyloudnorm directly is the reference."""
+    rng = np.random.default_rng(3)
+    n = 4 * SR
+    t = np.arange(n) / SR
+    gate = (np.sin(2 * np.pi * 0.7 * t) > 0).astype(np.float64)
+    speech = 0.2 * gate * np.sin(2 * np.pi * 220 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    background = 0.05 * rng.standard_normal(n) + 0.6 * speech  # the separator left speech in it
+    original = speech + background
+    new = 0.2 * gate * np.sin(2 * np.pi * 300 * t + 1.0)  # the dub: same stem loudness, other sound
+    meter = pyloudnorm.Meter(SR)
+    lufs = lambda x: meter.integrated_loudness(np.asarray(x, np.float64))  # noqa: E731
+    assert abs(lufs(new) - lufs(speech)) < 0.3
+    assert lufs(original) - lufs(background + new) > 1.0  # the naive remix is >1 LU quieter
+    r = remix_to_loudness(background, new, original, SR)
+    assert abs(lufs(r.track) - lufs(original)) < 0.05 and abs(r.lufs - lufs(r.track)) < 1e-3
+    assert r.speech_gain_db > 1.0 and r.track_gain_db == 0.0
+    np.testing.assert_allclose(r.track - r.speech, background, atol=1e-6)  # the background keeps its level
+    # no speech to raise: the whole track takes the gain
+    r = remix_to_loudness(background, np.zeros(n), original, SR)
+    assert r.speech_gain_db == 0.0 and abs(lufs(r.track) - lufs(original)) < 0.05
+    np.testing.assert_allclose(r.track, background * 10 ** (r.track_gain_db / 20), rtol=1e-5, atol=1e-7)
+    # a silent original: nothing to match, the plain sum
+    r = remix_to_loudness(background, new, np.zeros(n), SR)
+    np.testing.assert_allclose(r.track, background + new, atol=1e-6)
 
 
 def test_spectral_eq_moves_a_tilted_spectrum_towards_the_reference():
