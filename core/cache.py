@@ -59,7 +59,7 @@ from .schema import (
     Failure,
     TrackSelector,
     audio_track_name,
-    format_identity_diff,
+    require_same_encoders,
 )
 from .writer_lock import HOLDER_FILE, LOCK_FILE, CacheLock, Staging, remove_abandoned_staging
 
@@ -406,13 +406,8 @@ class CacheWriter:
         try:
             if (path / "zarr.json").exists():
                 existing = _read_root_meta(path)
-                if existing.fingerprint() != meta.fingerprint():
-                    raise CacheError(
-                        f"{path} holds features of other encoders than this run's (fingerprint "
-                        f"{existing.fingerprint()} vs {meta.fingerprint()}); what differs:\n"
-                        f"{format_identity_diff(existing.identity_diff(meta))}\n"
-                        "Use another --out, or the same encoders (weights and preprocessing)."
-                    )
+                require_same_encoders(existing, meta, str(path), "this run uses",
+                                      "Use another --out, or the same encoders (weights and preprocessing).")
                 meta = existing  # keep the layout the cache was created with
             else:
                 zarr.open_group(str(path / PARTS_GROUP), mode="a", zarr_format=3)

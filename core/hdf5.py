@@ -51,6 +51,7 @@ from .schema import (
     ClipInfo,
     EncoderInfo,
     audio_track_name,
+    require_same_encoders,
 )
 
 log = logging.getLogger(__name__)
@@ -305,11 +306,9 @@ def _target_meta(file_meta, clips, out: Path, path: Path, part_clips: int | None
     if (out / "zarr.json").exists():
         existing = FeatureCache.open(out).meta
     if isinstance(file_meta, CacheMeta):
-        if existing is not None and existing.fingerprint() != file_meta.fingerprint():
-            raise CacheError(
-                f"{path} holds features of video={file_meta.video.label}, audio={file_meta.audio.label}; "
-                f"{out} holds video={existing.video.label}, audio={existing.audio.label}"
-            )
+        if existing is not None:
+            require_same_encoders(existing, file_meta, str(out), f"{path} holds",
+                                  "Import into a new cache, or a cache of the same encoders.")
         if existing is None:  # a new cache is written the current way (checksums), whatever the source had
             layout = replace(file_meta.layout, checksums=True, part_clips=part_clips or file_meta.layout.part_clips)
             file_meta = replace(file_meta, layout=layout, schema_minor=SCHEMA_MINOR)

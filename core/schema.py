@@ -202,6 +202,24 @@ def format_identity_diff(diff: list[tuple[str, Any, Any]], old: str = "cache", n
     return "\n".join(f"  {k}: {old} {show(x)} | {new} {show(y)}" for k, x, y in diff)
 
 
+def require_same_encoders(have: "CacheMeta", want: "CacheMeta", have_name: str, want_name: str,
+                          remedy: str, error: type[Exception] | None = None) -> None:
+    """The one comparison of two encoder identities (:meth:`CacheMeta.fingerprint`) and the one
+    error it gives: both sides' encoders and fingerprints, then a line per differing field.
+
+    ``have_name`` / ``want_name`` name the two sides ("the cache", "checkpoint x.pt"); ``remedy``
+    ends the message; ``error`` is the exception type (default CacheError).
+    """
+    if have.fingerprint() == want.fingerprint():
+        return
+    diff = format_identity_diff(have.identity_diff(want), have_name, want_name)
+    raise (error or CacheError)(
+        f"{have_name} holds features of video={have.video.label}, audio={have.audio.label} (fingerprint "
+        f"{have.fingerprint()}), {want_name} other encoders: video={want.video.label}, audio={want.audio.label} "
+        f"(fingerprint {want.fingerprint()}); what differs:\n{diff}\n{remedy}"
+    )
+
+
 # Which audio track of a clip to read: an int j = the clip's j-th audio track (the container's
 # audio streams first, then the manifest's track files; stored as ``audio/t<j>``; 0 = the first,
 # which is not always the original: ``ClipInfo.original_track``), or a

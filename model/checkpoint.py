@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from scav.core.files import atomic_path, remove_stale_tmp
-from scav.core.schema import CacheError, CacheMeta, EncoderInfo
+from scav.core.schema import CacheError, CacheMeta, EncoderInfo, require_same_encoders
 
 from .config import ModelConfig, ObjectiveConfig
 from .network import SCAVModel
@@ -110,16 +110,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 def check_cache_matches(meta: dict[str, Any], cache_meta: CacheMeta, what: str = "this checkpoint") -> None:
     """Refuse features from other encoders than ``meta`` (from load_model / read_checkpoint)."""
-    if meta["cache_fingerprint"] == cache_meta.fingerprint():
-        return
-    enc = meta["encoders"]
-    enc = {m: e if isinstance(e, EncoderInfo) else EncoderInfo.from_dict(e) for m, e in enc.items()}
-    raise CacheError(
-        f"{what} was trained on features of video={enc['video'].label}, audio={enc['audio'].label} "
-        f"(fingerprint {meta['cache_fingerprint']}), but the cache holds video={cache_meta.video.label}, "
-        f"audio={cache_meta.audio.label} (fingerprint {cache_meta.fingerprint()}); "
-        "use a cache extracted with the same encoders"
-    )
+    enc = {m: e if isinstance(e, EncoderInfo) else EncoderInfo.from_dict(e) for m, e in meta["encoders"].items()}
+    trained = CacheMeta(cache_meta.schema_version, enc["video"], enc["audio"], cache_meta.layout)
+    require_same_encoders(cache_meta, trained, "the cache", f"{what} was trained on",
+                          "use a cache extracted with the same encoders as the checkpoint's training cache")
 
 
 def average_state_dicts(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -119,7 +119,7 @@ def test_bad_inputs_exit_cleanly(setup, tmp_path):
         (["--split", "test", "--checkpoint", str(tmp_path / "missing.pt")], "no checkpoint"),
     ]
     other = make_random_cache(tmp_path / "other.zarr", {"test": 3}, video_dim=16, audio_dim=24, video_name="clip-vit-b32")
-    cases.append((["--split", "test", "--cache", str(other)], "trained on features of video=pixels"))
+    cases.append((["--split", "test", "--cache", str(other)], "was trained on other encoders: video=pixels"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     cases.append((["--split", "test", "--checkpoint", str(tmp_path / "junk.pt")], "not a readable SCAV checkpoint"))
     for extra, msg in cases:
