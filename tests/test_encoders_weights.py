@@ -185,9 +185,11 @@ def test_fbank_identity_is_pinned_and_default_beats_window_is_not_recorded(ckpts
 
 
 _CLIP_PROBE = r"""
-import json, socket, sys
-def no_network(*a, **k):
-    raise AssertionError("network access attempted")
+import json, os, socket, sys
+attempts = []
+def no_network(*a, **k):  # as on a machine without internet: the hub cannot be reached
+    attempts.append(str(a[:1]))
+    raise ConnectionRefusedError("no network in tests")
 socket.socket.connect = no_network
 socket.create_connection = no_network
 from scav.extract.encoders import build_video_encoder
@@ -199,28 +201,40 @@ for w in sys.argv[1:]:
                   "folder": str(enc.folder)}
     except FileNotFoundError as e:
         out[w] = {"error": str(e)}
+out["network_attempts"] = len(attempts)
 print(json.dumps(out))
 """
 
 
-def test_clip_repository_id_resolves_from_the_local_hf_cache_only(tmp_path):
-    tiny = make_tiny_clip_dir(tmp_path)
-    hub = tmp_path / "hf" / "hub"
-    commit = "a" * 40
-    snap = make_fake_hf_cache(hub, CLIP_REPO, tiny, commit=commit)
+def _probe_clip(tmp_path, args, offline: bool) -> dict:
     env = {
         **os.environ,
         "HF_HOME": str(tmp_path / "hf"),  # HF_HUB_CACHE defaults to $HF_HOME/hub
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1",
     }
     env.pop("HF_HUB_CACHE", None)
-    env.pop("HF_HUB_OFFLINE", None)  # local_files_only alone must keep it offline
-    args = [CLIP_REPO, f"{CLIP_REPO}@{commit}", "-", str(snap), "someone/absent-clip", str(tmp_path / "nowhere")]
+    env.pop("HF_HUB_OFFLINE", None)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
     res = subprocess.run(
         [sys.executable, "-c", _CLIP_PROBE, *args], env=env, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_clip_repository_id_loads_through_the_hub_and_its_cache(tmp_path):
+    """A repository id is loaded as transformers loads one: with HF_HUB_OFFLINE set, from the local
+    cache without a connection; without it the hub is asked first (here it cannot be reached, as on a
+    machine without internet) and the cached snapshot is used."""
+    tiny = make_tiny_clip_dir(tmp_path)
+    hub = tmp_path / "hf" / "hub"
+    commit = "a" * 40
+    snap = make_fake_hf_cache(hub, CLIP_REPO, tiny, commit=commit)
+    args = [CLIP_REPO, f"{CLIP_REPO}@{commit}", "-", str(snap), "someone/absent-clip", str(tmp_path / "nowhere")]
+    out = _probe_clip(tmp_path, args, offline=True)
+    assert out["network_attempts"] == 0
 
     want = sha256_file(tiny / "model.safetensors")
     for w in (CLIP_REPO, f"{CLIP_REPO}@{commit}", "-"):
@@ -231,10 +245,15 @@ def test_clip_repository_id_resolves_from_the_local_hf_cache_only(tmp_path):
     assert out[str(snap)]["checksum"] == want and out[str(snap)]["provenance"]["revision"] == commit
 
     absent = out["someone/absent-clip"]["error"]
-    assert "not in the local Hugging Face cache" in absent and "never downloads" in absent
+    assert "could not be loaded from the Hugging Face hub" in absent and "HF_HUB_OFFLINE is set" in absent
     assert "hf download someone/absent-clip" in absent
     nowhere = out[str(tmp_path / "nowhere")]["error"]
     assert "not found" in nowhere and f"hf download {CLIP_REPO}" in nowhere
+
+    online = _probe_clip(tmp_path, [CLIP_REPO, "someone/absent-clip"], offline=False)
+    assert online["network_attempts"] > 0  # the hub was asked: a machine with internet downloads
+    assert online[CLIP_REPO]["checksum"] == want
+    assert "could not be loaded" in online["someone/absent-clip"]["error"]
 
 
 def test_clip_folder_and_repository_id_fingerprint_alike(tmp_path, monkeypatch):
