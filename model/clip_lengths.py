@@ -2,14 +2,17 @@
 
 Training pairs each clip with its partner's length (the paper's training); validation and
 retrieval need a representation of the clip alone: its own duration x the step rate of
-the modality it is resampled to. Only cache metadata enters, so this lives in core and
-both ``scav.train`` (validation) and ``scav.retrieve`` use it.
+the modality it is resampled to. Only cache metadata enters; validation (``scav.train``) and
+retrieval use it through :mod:`scav.model.embed`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scav.core.schema import CacheError, CacheMeta, ClipInfo
+from scav.sequence.spec import resamples_video
+
+from .config import ObjectiveConfig
 
 
 def _own_duration(clip: ClipInfo) -> float:
@@ -21,7 +24,7 @@ def _own_duration(clip: ClipInfo) -> float:
     raise CacheError(f"clip {clip.clip_id} records neither a duration nor a frame rate")
 
 
-def pre_lengths(clips: list[ClipInfo], objective, meta: CacheMeta) -> np.ndarray | None:
+def pre_lengths(clips: list[ClipInfo], objective: ObjectiveConfig, meta: CacheMeta) -> np.ndarray | None:
     """(N,) int64 length each clip's resampled side is encoded at with interp='pre'; None
     for interp='post'.
 
@@ -34,7 +37,7 @@ def pre_lengths(clips: list[ClipInfo], objective, meta: CacheMeta) -> np.ndarray
         return None
     out = np.empty(len(clips), dtype=np.int64)
     for i, c in enumerate(clips):
-        if objective.resample == "video":
+        if resamples_video(objective.resample):
             rate = meta.audio.steps_per_second
             if not rate:
                 raise CacheError(f"the audio encoder {meta.audio.name} records no steps_per_second")

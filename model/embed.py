@@ -39,6 +39,7 @@ from scav.core.loader import iter_eval_batches
 from scav.core.schema import CacheError, CacheMeta, ClipInfo, TrackSelector
 from scav.model.clip_lengths import pre_lengths
 from scav.sequence.pooling import masked_mean
+from scav.sequence.spec import resamples_video
 
 from . import stored_latents as SL
 from .latents import Latents
@@ -84,7 +85,7 @@ def latent_lengths(clips: list[ClipInfo], objective, pre: np.ndarray | None,
     nv = np.array([c.n_video for c in clips], dtype=np.int64)
     na = np.array([c.n_audio_steps(track) for c in clips], dtype=np.int64)
     if pre is not None:
-        if objective.resample == "video":
+        if resamples_video(objective.resample):
             nv = pre.copy()
         else:
             na = pre.copy()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from scav.sequence.interpolation import interpolate_to_lengths
 from scav.sequence.pooling import masked_mean
+from scav.sequence.spec import resamples_video
 from .config import ModelConfig, ObjectiveConfig
 from torch import nn
 
@@ -164,7 +165,7 @@ class SCAVModel(nn.Module):
         """
         v_target = a_target = None
         if self.objective.interp == "pre":
-            if self.objective.resample == "video":
+            if resamples_video(self.objective.resample):
                 v_target = audio_mask.sum(1) if pre_lengths is None else pre_lengths
             else:
                 a_target = video_mask.sum(1) if pre_lengths is None else pre_lengths

@@ -30,6 +30,20 @@ from .wasserstein import DEFAULT_MAX_ITER, DEFAULT_TOL, POS_SCALES, wasserstein_
 RESAMPLES = ("video", "audio")  # which modality the interpolated Euclidean resamples
 
 
+def resamples_video(resample: str) -> bool:
+    """Whether ``resample`` interpolates the video side to the audio's length ('video', the
+    paper's v->a) rather than the reverse ('audio'): the one statement of that rule, read by the
+    distances, the model (interp='pre'), clip lengths and stored latents alike."""
+    if resample not in RESAMPLES:
+        raise ValueError(f"resample must be one of {RESAMPLES}, got {resample!r}")
+    return resample == "video"
+
+
+def source_target(resample: str, video, audio):
+    """``(resampled side, the side whose length it takes)`` of any video/audio pair of values."""
+    return (video, audio) if resamples_video(resample) else (audio, video)
+
+
 @dataclass(frozen=True)
 class DistanceSpec:
     """A sequence distance between video (Bv, T, c) and audio (Ba, S, c) latent sequences.
@@ -111,7 +125,7 @@ class DistanceSpec:
             fast = equal_length_euclidean(video, video_mask, audio, audio_mask, **kw)
             if fast is not None:
                 return fast
-            direction = "x2y" if self.resample == "video" else "y2x"
+            direction = "x2y" if resamples_video(self.resample) else "y2x"
             return interp_euclidean_matrix(video, video_mask, audio, audio_mask, direction, **kw)
         if precision != "fp32":
             raise ValueError(f"precision {precision!r} is for the interpolated Euclidean, not {self.name}")
@@ -129,9 +143,8 @@ class DistanceSpec:
 
     def _src_tgt(self, video, video_mask, audio, audio_mask):
         """(source, its mask, target, its mask) of the interpolated Euclidean."""
-        if self.resample == "video":
-            return video, video_mask, audio, audio_mask
-        return audio, audio_mask, video, video_mask
+        (src, src_mask), (tgt, tgt_mask) = source_target(self.resample, (video, video_mask), (audio, audio_mask))
+        return src, src_mask, tgt, tgt_mask
 
     def paired(self, video, video_mask, audio, audio_mask) -> torch.Tensor:
         """Matched pairs: video (P, T, c) x audio (P, S, c) -> (P,), d(video_p, audio_p).
@@ -167,7 +180,7 @@ class DistanceSpec:
         """
         if self.name != "euclidean":
             raise ValueError(f"sampled distances are for the interpolated Euclidean, not {self.name}")
-        query_is_source = query_is_video == (self.resample == "video")
+        query_is_source = query_is_video == resamples_video(self.resample)
         if query_is_source:
             return sampled_euclidean(q, q_mask, rows, c, c_mask, cols)
         return sampled_euclidean(c, c_mask, cols, q, q_mask, rows)
