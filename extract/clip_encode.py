@@ -45,7 +45,8 @@ def build_encoders(spec: EncoderSpec, device: str = "cpu") -> tuple[Any, Any]:
             options["preprocess"] = spec.video_preprocess
         _ENCODERS[key] = (
             enc.build_video_encoder(spec.video, weights=spec.video_weights, device=device, **options),
-            enc.build_audio_encoder(spec.audio, weights=spec.audio_weights, device=device),
+            enc.build_audio_encoder(spec.audio, weights=spec.audio_weights, device=device,
+                                    window_steps=spec.audio_window),
         )
     return _ENCODERS[key]
 

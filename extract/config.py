@@ -21,6 +21,7 @@ class EncoderSpec:
     audio_weights: str | None = None  # BEATs checkpoint (beats-iter3-as2m)
     video_preprocess: str | None = None  # CLIP: "pil" | "tensor" (on the device); None: the encoder's default
     frame_batch: int = 1024  # CLIP frames per batch in encode_many (set from ExtractConfig.frame_batch)
+    audio_window: int | None = None  # BEATs window in 160 ms steps (None: the encoder's default, 64)
 
 
 @dataclass(frozen=True)
