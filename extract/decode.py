@@ -173,6 +173,7 @@ def iter_clip(
     audio_rate: int = AUDIO_RATE,
     max_side: int | None = None,
     threads: int | None = None,
+    require_audio: bool = True,
     extra_audio: Sequence[TrackSource] = (),
 ):
     """The clip as a stream: ``VideoChunk``s, one ``VideoEnd``, then per audio track ``TrackStart``,
@@ -198,7 +199,7 @@ def iter_clip(
     override = any(src.original for src in extra_audio)  # the manifest's mark overrides the container's flags
     with open_container(path, "decode-video") as container:
         lo, hi = yield from _video_events(container, start, end, prep, (chunk_frames, chunk_bytes, chunk_multiple),
-                                          max_side, threads)
+                                          max_side, threads, require_audio)
         origin = (container.start_time or 0) / 1e6
         flags = original_flags(_dispositions(container))
         for k in range(len(container.streams.audio)):
@@ -226,6 +227,7 @@ def decode_clip(
     alloc_frames=None,
     extra_audio: Sequence[TrackSource] = (),
     prep=None,
+    require_audio: bool = True,
 ) -> DecodedClip:
     """Decode video frames with pts in [start, end) and every audio stream of that range.
 
@@ -238,11 +240,12 @@ def decode_clip(
     frames are stacked into; default a new numpy array.
     extra_audio: tracks in separate files, appended after the container's streams.
     prep: a per-frame preprocessing (``frame_prep.py``); frames are then its outputs.
+    require_audio: False lets a file without audio streams decode (no tracks; a video query).
     """
     chunks, times, tracks = [], [], []
     head = None
     for ev in iter_clip(path, start, end, prep=prep, audio_rate=audio_rate, max_side=max_side, threads=threads,
-                        extra_audio=extra_audio):
+                        extra_audio=extra_audio, require_audio=require_audio):
         if isinstance(ev, VideoChunk):
             chunks.append(ev.frames)
             times.append(ev.times)
@@ -347,11 +350,11 @@ def _decode_track_file(src: TrackSource, index: int, lo: float, hi: float, rate:
     return DecodedAudio(np.concatenate(pieces), index, src.language, rate, src.original)
 
 
-def _video_events(container, start, end, prep, chunking, max_side, threads):
+def _video_events(container, start, end, prep, chunking, max_side, threads, require_audio=True):
     """VideoChunk ... VideoEnd of the range; returns the range (lo, hi) actually decoded."""
     if not container.streams.video:
         raise DecodeError("decode-video", "no video stream")
-    if not container.streams.audio:
+    if require_audio and not container.streams.audio:
         raise DecodeError("decode-audio", "no audio stream")
     origin = (container.start_time or 0) / 1e6  # container start, seconds (AV_TIME_BASE)
     file_end = _container_end(container, origin)

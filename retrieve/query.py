@@ -140,7 +140,7 @@ class DecodedMedia:
     path: Path
     clip: object  # scav.extract.decode.DecodedClip
     info: ClipInfo  # what pre_lengths needs: duration, fps, steps
-    track: int  # position of the selected audio track in clip.audio
+    track: int | None  # position of the selected audio track in clip.audio; None: a video-only query
 
 
 def _extract_import():
@@ -151,14 +151,15 @@ def _extract_import():
     return decode, encoders
 
 
-def decode_media(paths: list[str | Path], track: TrackSelector) -> list[DecodedMedia]:
-    """Decode each file whole; a file that does not decode, or lacks the audio track, is a QueryError."""
+def decode_media(paths: list[str | Path], track: TrackSelector, need_audio: bool = True) -> list[DecodedMedia]:
+    """Decode each file whole; a file that does not decode, or lacks the audio track, is a QueryError.
+    need_audio False (video queries, v2a): a file without that audio track is a video-only query."""
     decode, encoders = _extract_import()
     out = []
     for p in paths:
         p = Path(p)
         try:
-            clip = decode.decode_clip(p)
+            clip = decode.decode_clip(p, require_audio=need_audio)
         except decode.DecodeError as e:
             raise QueryError(f"cannot decode query media {p}: {e}") from None
         n_audio = [encoders.audio_steps(len(a.samples)) for a in clip.audio]
@@ -166,6 +167,11 @@ def decode_media(paths: list[str | Path], track: TrackSelector) -> list[DecodedM
         info = ClipInfo(clip_id=str(p), split="", path=str(p), start=clip.start, end=clip.end, fps=clip.fps,
                         duration=clip.duration, n_video=len(clip.frames), tracks=tracks)
         j = info.find_track(track)
+        if not need_audio and (j is None or tracks[j].n_steps == 0):
+            if len(clip.frames) == 0:
+                raise QueryError(f"query media {p} has no video frames")
+            out.append(DecodedMedia(p, clip, info, None))
+            continue
         if j is None:
             raise QueryError(f"query media {p} has no audio track {track!r} ({len(tracks)} audio track(s))")
         if tracks[j].n_steps == 0:
@@ -214,12 +220,17 @@ def encode_media(model, meta: CacheMeta, decoded: list[DecodedMedia], venc, aenc
     for d in decoded:
         try:
             video = np.asarray(venc.encode(d.clip.frames))
-            audio = np.asarray(aenc.encode(d.clip.audio[d.track].samples))
+            # a video-only query: one silent audio step stands in (the towers are separate; only
+            # the video latents of such a query are used, as a v2a query)
+            audio = (np.asarray(aenc.encode(d.clip.audio[d.track].samples)) if d.track is not None
+                     else np.zeros((1, meta.audio.dim), np.float32))
         except enc.EncodeError as e:
             raise QueryError(f"cannot encode query media {d.path}: {e}") from None
         v = torch.from_numpy(video.astype(FEATURE_DTYPE).astype(np.float32))[None].to(dev)  # (1, T, Dv)
         a = torch.from_numpy(audio.astype(FEATURE_DTYPE).astype(np.float32))[None].to(dev)  # (1, S, Da)
-        d.info.n_video, d.info.tracks[d.track].n_steps = v.shape[1], a.shape[1]
+        d.info.n_video = v.shape[1]
+        if d.track is not None:
+            d.info.tracks[d.track].n_steps = a.shape[1]
         pre = pre_lengths([d.info], model.objective, meta)
         own = None if pre is None else torch.from_numpy(pre).to(dev)
         out = model(v, torch.ones(v.shape[:2], dtype=torch.bool, device=dev),

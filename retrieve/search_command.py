@@ -126,7 +126,8 @@ def _resolve_queries(req: SearchRequest, cache, track):
         if not ok:
             raise Q.QueryError(f"split {req.query_split!r} has no clip usable as a query")
         infos += ok
-    media = Q.decode_media(list(req.query_media), track) if req.query_media else []
+    media = (Q.decode_media(list(req.query_media), track, need_audio=req.direction == "a2v")
+             if req.query_media else [])
     return infos, media
 
 
