@@ -24,17 +24,21 @@ HELP = (
         "\b\n"
         "Stages (option: choices; * = default, runs here without weights):\n"
         "  1 separate speech from the rest   --separator known* | spectral | demucs (--demucs-weights)\n"
-        "  2 segment speech with timestamps  --segmenter known* | vad (webrtcvad)\n"
-        "    and transcribe it               --transcriber known | whisper (--whisper-dir)\n"
-        "  3 translate the text              --translator dictionary* | seamless (--seamless-dir)\n"
+        "                                    | torchscript (--separator-model)\n"
+        "  2 segment speech with timestamps  --segmenter known* | vad (webrtcvad) | subtitles (--subtitles)\n"
+        "    and transcribe it               --transcriber known | subtitles | whisper (--whisper-model)\n"
+        "  3 translate the text              --translator dictionary* | seamless (--seamless-model)\n"
         "  4 synthesise it (espeak-ng) and stretch each segment to the original's duration (librosa)\n"
         "  5 convert the voice               --voice pitch* | model (--voice-weights)\n"
         "  6 match loudness (BS.1770) and long-term spectrum to the original segment\n"
         "  7 remix with the background; mux: video and original audio copied untouched, one AAC track\n"
         "    per language, tagged and flagged 'dub'\n\n"
         "'known' stems and script exist only for SCAV's synthetic benchmark (`scav-extract synthetic`, "
-        "SyntheticConfig(dub_languages=...)); for other media use spectral/demucs and vad (+ whisper). Plug-ins "
-        "load local weights only: nothing is downloaded. Needs Debian's espeak-ng (apt-get install espeak-ng).\n\n"
+        "SyntheticConfig(dub_languages=...)); for other media without weights: --separator spectral --segmenter vad "
+        "--subtitles DIR (one SRT/WebVTT file per media, as dubbing studios work), or whisper. Whisper and "
+        "SeamlessM4T take a save_pretrained folder or a hub id (downloaded with internet; from the local cache "
+        "when HF_HUB_OFFLINE=1); Demucs, TorchScript and voice models take a local file. Needs Debian's "
+        "espeak-ng (apt-get install espeak-ng).\n\n"
         "Outputs in --out: media/<relative path of the input>(.mp4), manifest.csv, dub_report.json (stage "
         "implementations, quality checks per file and language, timings), failures.csv, records/. Runs resume: "
         "finished files are skipped; files that failed are retried only with --retry-failed. A file that fails "
@@ -64,19 +68,33 @@ def dub(
     media_root: Annotated[Optional[Path], typer.Option(
         help="Folder relative media paths are resolved against (default: the manifest's folder).")] = None,
     separator: Annotated[str, typer.Option(help="known (synthetic benchmark) | spectral | demucs "
-                                                "(needs --demucs-weights).")] = "known",
+                                                "(needs --demucs-weights) | torchscript (needs "
+                                                "--separator-model).")] = "known",
     demucs_weights: Annotated[Weights, typer.Option(envvar="SCAV_DEMUCS_WEIGHTS", metavar="PATH",
                                                     help="Local Demucs weights (for --separator demucs).")] = None,
+    separator_model: Annotated[Weights, typer.Option(
+        envvar="SCAV_SEPARATOR_MODEL", metavar="PATH",
+        help="TorchScript separator file: model(mix (1, n)) -> (2, n) speech/background (--separator "
+             "torchscript).")] = None,
     segmenter: Annotated[str, typer.Option(help="known (synthetic benchmark; gives text too) | vad "
-                                                "(webrtcvad; needs a transcriber).")] = "known",
+                                                "(webrtcvad; needs a transcriber) | subtitles (each cue a "
+                                                "segment; needs --subtitles).")] = "known",
     transcriber: Annotated[Optional[str], typer.Option(
-        help="known | whisper (needs --whisper-dir). Default: known with --segmenter vad, none with known.")] = None,
-    whisper_dir: Annotated[Weights, typer.Option(envvar="SCAV_WHISPER_DIR", metavar="DIR",
-                                                 help="Local Whisper model folder (for --transcriber whisper).")] = None,
+        help="known | subtitles | whisper (needs --whisper-model). Default with --segmenter vad: subtitles "
+             "when --subtitles is given, else known; none with the other segmenters.")] = None,
+    subtitles: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="Folder of subtitle files (SRT, WebVTT, ...), one per media file at its manifest "
+                            "path with the suffix .srt/.vtt: the transcript with its timings.")] = None,
+    whisper_model: Annotated[Optional[str], typer.Option(
+        envvar="SCAV_WHISPER_MODEL", metavar="DIR|HUB_ID",
+        help="Whisper: a save_pretrained folder or a hub id, e.g. openai/whisper-small (--transcriber "
+             "whisper).")] = None,
     translator: Annotated[str, typer.Option(help="dictionary (word list, runs here) | seamless "
-                                                 "(needs --seamless-dir).")] = "dictionary",
-    seamless_dir: Annotated[Weights, typer.Option(envvar="SCAV_SEAMLESS_DIR", metavar="DIR",
-                                                  help="Local SeamlessM4T folder (for --translator seamless).")] = None,
+                                                 "(needs --seamless-model).")] = "dictionary",
+    seamless_model: Annotated[Optional[str], typer.Option(
+        envvar="SCAV_SEAMLESS_MODEL", metavar="DIR|HUB_ID",
+        help="SeamlessM4T: a save_pretrained folder or a hub id, e.g. facebook/seamless-m4t-v2-large "
+             "(--translator seamless).")] = None,
     voice: Annotated[str, typer.Option(help="pitch (shift towards the original's pitch) | model "
                                             "(needs --voice-weights).")] = "pitch",
     voice_weights: Annotated[Weights, typer.Option(envvar="SCAV_VOICE_WEIGHTS", metavar="PATH",
@@ -103,7 +121,8 @@ def dub(
         source_language=_tag(source_language) if source_language else None, media_root=media_root,
         stages=StageOptions(separator=separator, segmenter=segmenter, transcriber=transcriber,
                             translator=translator, voice=voice, demucs_weights=demucs_weights,
-                            whisper_dir=whisper_dir, seamless_dir=seamless_dir, voice_weights=voice_weights),
+                            separator_model=separator_model, whisper_model=whisper_model,
+                            seamless_model=seamless_model, voice_weights=voice_weights, subtitles=subtitles),
         keep_stages=keep_stages, sample_rate=sample_rate, limit=limit, retry_failed=retry_failed,
         progress=progress))
     summary = _guard(lambda: _run(cfg))

@@ -19,11 +19,14 @@ IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, str, str | None]] = {
     ("separator", "spectral"): ("scav.dub.separate", "SpectralMaskSeparator", None),
     ("separator", "demucs"): ("scav.dub.separate", "DemucsSeparator", "demucs_weights"),
     ("segmenter", "known"): ("scav.dub.segment", "KnownScriptSegmenter", None),
+    ("separator", "torchscript"): ("scav.dub.separate", "TorchScriptSeparator", "separator_model"),
     ("segmenter", "vad"): ("scav.dub.segment", "VadSegmenter", None),
+    ("segmenter", "subtitles"): ("scav.dub.subtitles", "Subtitles", "subtitles"),
     ("transcriber", "known"): ("scav.dub.segment", "KnownScriptTranscriber", None),
-    ("transcriber", "whisper"): ("scav.dub.segment", "WhisperTranscriber", "whisper_dir"),
+    ("transcriber", "subtitles"): ("scav.dub.subtitles", "Subtitles", "subtitles"),
+    ("transcriber", "whisper"): ("scav.dub.segment", "WhisperTranscriber", "whisper_model"),
     ("translator", "dictionary"): ("scav.dub.translate", "DictionaryTranslator", None),
-    ("translator", "seamless"): ("scav.dub.translate", "SeamlessTranslator", "seamless_dir"),
+    ("translator", "seamless"): ("scav.dub.translate", "SeamlessTranslator", "seamless_model"),
     ("synthesizer", "espeak"): ("scav.dub.tts", "EspeakSynthesizer", None),
     ("stretcher", "librosa"): ("scav.dub.timing", "LibrosaStretcher", None),
     ("voice", "pitch"): ("scav.dub.voice", "PitchShiftConverter", None),
@@ -34,29 +37,43 @@ IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, str, str | None]] = {
 STAGE_VERBS = {"separator": "separate", "segmenter": "segment", "transcriber": "transcribe",
                "translator": "translate", "synthesizer": "synthesize", "stretcher": "stretch",
                "voice": "voice", "matcher": "match"}
+# options a Hugging Face hub id may fill instead of a local folder (the library downloads it, or reads its
+# cache when HF_HUB_OFFLINE is set)
+HUB_OPTIONS = {"whisper_model", "seamless_model"}
+_WHAT = {"subtitles": "a folder of subtitle files", "whisper_model": "a local folder or a hub id",
+         "seamless_model": "a local folder or a hub id"}
 
+
+def is_hub_id(name: str) -> bool:
+    """True for what a Hugging Face hub id looks like ('openai/whisper-small', 'gpt2'), not a path."""
+    parts = name.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") and "\\" not in p and "~" not in p
+                                        for p in parts) and not name.startswith("/")
 
 
 @dataclass(frozen=True)
 class StageOptions:
-    """Which implementation each stage uses, and the local weights of the plug-ins."""
+    """Which implementation each stage uses, the plug-ins' weights and the subtitles folder."""
 
     separator: str = "known"
     segmenter: str = "known"
-    transcriber: str | None = None  # None: 'known' with the VAD segmenter, else the segmenter's own text
+    transcriber: str | None = None  # None: with the VAD segmenter 'subtitles' if given, else 'known'; else none
     translator: str = "dictionary"
     synthesizer: str = "espeak"
     stretcher: str = "librosa"
     voice: str = "pitch"
     matcher: str = "loudness"
     demucs_weights: Path | None = None
-    whisper_dir: Path | None = None
-    seamless_dir: Path | None = None
+    separator_model: Path | None = None  # a TorchScript separator (plugins.TorchScriptSeparator)
+    whisper_model: str | Path | None = None  # a save_pretrained folder or a hub id
+    seamless_model: str | Path | None = None  # a save_pretrained folder or a hub id
     voice_weights: Path | None = None
+    subtitles: Path | None = None  # a folder of subtitle files, one per media (dub/subtitles.py)
 
     def choices(self) -> dict[str, str]:
         """Stage -> chosen option (the transcriber resolved)."""
-        transcriber = self.transcriber or ("known" if self.segmenter == "vad" else None)
+        default = "subtitles" if self.subtitles is not None else "known"
+        transcriber = self.transcriber or (default if self.segmenter == "vad" else None)
         d = {k: getattr(self, k) for k in STAGE_VERBS if k != "transcriber"}
         if transcriber:
             d["transcriber"] = transcriber
@@ -72,10 +89,12 @@ class StageOptions:
                 path = getattr(self, weights)
                 flag = "--" + weights.replace("_", "-")
                 if path is None:
-                    raise MissingWeights(STAGE_VERBS[stage], f"{stage} {choice!r} needs local weights: give {flag} "
-                                                             "(nothing is downloaded)")
-                if not Path(path).exists():
+                    raise MissingWeights(STAGE_VERBS[stage], f"{stage} {choice!r} needs {flag} "
+                                                             f"({_WHAT.get(weights, 'a local file')})")
+                if not Path(path).exists() and not (weights in HUB_OPTIONS and is_hub_id(str(path))):
                     raise MissingWeights(STAGE_VERBS[stage], f"{flag} {path} does not exist")
+        if self.subtitles is not None and "subtitles" not in self.choices().values():
+            raise ValueError("--subtitles is used by --segmenter subtitles or --segmenter vad (its transcriber)")
 
 
 @dataclass(frozen=True)

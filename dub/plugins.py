@@ -1,10 +1,12 @@
-"""What the plug-ins for the paper's heavy models share: local weights only, optional imports.
+"""What the plug-ins for the paper's heavy models share: how weights are found, optional imports.
 
-A plug-in (Demucs, Whisper, SeamlessM4T, a TorchScript separator) is given a local path and
-never downloads. Everything that can be wrong before the model runs is said in one
-:class:`~scav.dub.stages.StageError` (``MissingWeights`` when the weights are not there), with
-a hint that tells how to get them, so a pipeline run fails once with a readable reason
-instead of a library traceback or a silent download.
+The transformers plug-ins (Whisper, SeamlessM4T) load the way transformers does: a local
+``save_pretrained`` folder, or a Hugging Face hub id, which the library downloads on a machine
+with internet and reads from the local cache alone when ``HF_HUB_OFFLINE=1`` is set. The
+others (Demucs, a TorchScript separator, the voice model) take one local file. Everything that
+can be wrong before the model runs is said in one :class:`~scav.dub.stages.StageError`
+(``MissingWeights`` when the weights are not there), with a hint that tells how to get them,
+so a pipeline run fails once with a readable reason instead of a library traceback.
 
 Checkpoints are read with ``torch.jit.load`` (TorchScript: code and tensors, no pickle) or
 ``torch.load(..., weights_only=True)``; arbitrary pickles are never unpickled.
@@ -19,7 +21,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .stages import Audio, MissingWeights, StageError, Stems
+from .stages import MissingWeights, StageError
 
 
 def local_model_dir(path: str | os.PathLike | None, what: str, hint: str, *, stage: str = "load",
@@ -39,6 +41,36 @@ def local_model_dir(path: str | os.PathLike | None, what: str, hint: str, *, sta
     if not (p / config).is_file():
         raise MissingWeights(stage, f"{what} folder {p} has no {config}; {hint}")
     return p
+
+
+def pretrained_source(name: str | os.PathLike | None, what: str, hint: str, *, stage: str = "load") -> str:
+    """What ``from_pretrained`` is given: an existing folder (holding config.json) or a hub id.
+
+    MissingWeights (with ``hint``) for nothing given, a path that does not exist, a folder
+    without config.json.
+    """
+    from .config import is_hub_id
+
+    if name is None or str(name) == "":
+        raise MissingWeights(stage, f"no {what} given; {hint}")
+    if Path(name).expanduser().exists() or not is_hub_id(str(name)):
+        return str(local_model_dir(name, what, hint, stage=stage))
+    return str(name)
+
+
+def from_pretrained(cls, source: str, what: str, hint: str, *, stage: str = "load", **kwargs):
+    """``cls.from_pretrained(source)`` as transformers loads it (hub ids download, or come from the cache
+    under HF_HUB_OFFLINE=1); MissingWeights naming what could not be loaded."""
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:  # not in the cache offline, no such repository, files missing
+        offline = " (HF_HUB_OFFLINE is set: only the local cache is read)" if _offline() else ""
+        raise MissingWeights(stage, f"cannot load the {what} from {source}{offline}: {type(e).__name__}: "
+                                    f"{str(e)[:300]}; {hint}") from None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def local_file(path: str | os.PathLike | None, what: str, hint: str, *, stage: str = "load") -> Path:
@@ -75,44 +107,3 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
 def fit_length(x: np.ndarray, n: int) -> np.ndarray:
     """``x`` cut or zero-padded to ``n`` samples (resampling rounds lengths)."""
     return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
-
-
-class TorchScriptSeparator:
-    """A separator exported with TorchScript, from a local file.
-
-    Contract of the scripted module: ``model(mix)`` with ``mix`` (1, n) float32 in [-1, 1]
-    returns (2, n): row 0 the speech, row 1 the background, at ``sample_rate`` (the rate the
-    model was trained at; the audio is resampled to it and back, None = use the audio's).
-    Any model wrapped to that contract plugs in; ``torch.jit.load`` reads code and tensors,
-    no pickle.
-    """
-
-    stage = "separate"
-
-    def __init__(self, model_path: str | os.PathLike, sample_rate: int | None = None, device: str = "cpu"):
-        path = local_file(model_path, "TorchScript separator", "export one with torch.jit.script(model).save(path) "
-                          "(model(mix (1, n)) -> (2, n) speech/background)", stage=self.stage)
-        torch = optional_import("torch", "TorchScript separator", "pip install torch", stage=self.stage)
-        try:
-            self.model = torch.jit.load(str(path), map_location=device).eval()
-        except (RuntimeError, ValueError) as e:
-            raise StageError(self.stage, f"{path} is not a TorchScript module: {e}") from None
-        self.name = f"torchscript:{path.name}"
-        self.sample_rate, self.device = sample_rate, device
-
-    def separate(self, audio: Audio) -> Stems:
-        import torch
-
-        rate = self.sample_rate or audio.sample_rate
-        x = resample(audio.samples, audio.sample_rate, rate)
-        with torch.inference_mode():
-            y = self.model(torch.from_numpy(np.ascontiguousarray(x))[None].to(self.device))
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, len(x)):
-            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise StageError(self.stage, f"{self.name} returned {shape}, expected (2, {len(x)}) speech/background")
-        y = y.detach().float().cpu().numpy()
-        if not np.isfinite(y).all():
-            raise StageError(self.stage, f"{self.name} returned non-finite samples")
-        n = len(audio.samples)
-        speech, background = (fit_length(resample(r, rate, audio.sample_rate), n) for r in y)
-        return Stems(Audio(speech, audio.sample_rate), Audio(background, audio.sample_rate))

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plugins import local_model_dir, optional_import, resample
-from .stages import Audio, MissingWeights, Segment, StageError
+from .plugins import from_pretrained, optional_import, pretrained_source, resample
+from .stages import Audio, Segment, StageError
 from .languages import iso639_1, language_tag
 from .translate import script_vocabulary
 
@@ -195,11 +195,12 @@ class KnownScriptTranscriber(_KnownScript):
 
 
 class WhisperTranscriber:
-    """Whisper (transformers' WhisperForConditionalGeneration) from a local folder.
+    """Whisper (transformers' WhisperForConditionalGeneration), loaded as transformers loads it.
 
-    The folder is what ``save_pretrained`` writes for the model and its processor. Loaded
-    with ``local_files_only=True``: nothing is downloaded. As a transcriber it gives the text
-    of each given segment; as a segmenter it finds timestamped segments itself (Whisper's
+    ``model``: a folder that ``save_pretrained`` wrote for the model and its processor, or a
+    hub id (e.g. ``openai/whisper-small``): downloaded on a machine with internet, read from
+    the local cache alone when ``HF_HUB_OFFLINE=1``. As a transcriber it gives the text of
+    each given segment; as a segmenter it finds timestamped segments itself (Whisper's
     timestamp tokens, in 30 s windows: a word cut by a window boundary is cut in two).
     Audio is resampled to 16 kHz (Whisper's rate); a language the model has a token for is
     forced, otherwise Whisper detects it.
@@ -207,23 +208,20 @@ class WhisperTranscriber:
 
     RATE = 16000
     WINDOW = 30.0  # s: Whisper's input length
-    HINT = ("save a Whisper model there first: transformers' save_pretrained of the model and its processor "
-            "(config.json, weights, tokenizer and preprocessor files) on a machine that has them, then copy "
-            "the folder here; SCAV never downloads it")
+    HINT = ("give a folder that transformers' save_pretrained wrote for the model and its processor, or a hub "
+            "id such as openai/whisper-small (downloaded with internet; with HF_HUB_OFFLINE=1 read from the "
+            "local cache: `hf download openai/whisper-small` first)")
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", max_new_tokens: int = 128,
+    def __init__(self, model: str | os.PathLike, device: str = "cpu", max_new_tokens: int = 128,
                  batch_size: int = 8):
-        path = local_model_dir(model_dir, "Whisper model", self.HINT, stage="transcribe")
+        source = pretrained_source(model, "Whisper model", self.HINT, stage="transcribe")
         transformers = optional_import("transformers", "Whisper transcriber", "pip install 'scav[extract]'",
                                        stage="transcribe")
-        try:
-            self.processor = transformers.WhisperProcessor.from_pretrained(path, local_files_only=True)
-            self.model = transformers.WhisperForConditionalGeneration.from_pretrained(
-                path, local_files_only=True).to(device).eval()
-        except (OSError, ValueError) as e:  # config there, weights or tokenizer files not
-            raise MissingWeights("transcribe", f"cannot load a Whisper model and processor from {path}: "
-                                               f"{type(e).__name__}: {e}; {self.HINT}") from None
-        self.name = f"whisper:{path.name}"
+        what = "Whisper model and processor"
+        self.processor = from_pretrained(transformers.WhisperProcessor, source, what, self.HINT, stage="transcribe")
+        self.model = from_pretrained(transformers.WhisperForConditionalGeneration, source, what, self.HINT,
+                                     stage="transcribe").to(device).eval()
+        self.name = f"whisper:{Path(source).name if Path(source).exists() else source}"
         self.device, self.max_new_tokens, self.batch_size = device, max_new_tokens, batch_size
 
     def _language_kwargs(self, language: str | None, stage: str) -> dict:

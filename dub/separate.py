@@ -7,6 +7,8 @@
 - :class:`SpectralMaskSeparator`: weightless, for any media; median-filtering
   harmonic/percussive soft masks (module notes below). Crude, honest about it.
 - :class:`DemucsSeparator`: the paper's model, a plug-in from one local checkpoint file.
+- :class:`TorchScriptSeparator`: any separator model exported with TorchScript to the
+  contract ``model(mix (1, n)) -> (2, n)`` (``--separator torchscript --separator-model``).
 
 **The spectral mask, and its limits.** Sustained, stable-pitch partials (horizontal ridges
 in a 32 ms STFT, median-filtered along 0.3 s of time) are background; whatever moves in
@@ -316,3 +318,47 @@ class DemucsSeparator:
         vocals = (out[0, list(self.model.sources).index("vocals")] * std + mean).mean(0).float().cpu().numpy()
         speech = fit_length(resample(vocals, rate, audio.sample_rate), len(x))
         return Stems(Audio(speech, audio.sample_rate), Audio(x - speech, audio.sample_rate))
+
+
+# -- any separator exported with TorchScript (plug-in) ----------------------------------------
+
+
+class TorchScriptSeparator:
+    """A separator exported with TorchScript, from a local file.
+
+    Contract of the scripted module: ``model(mix)`` with ``mix`` (1, n) float32 in [-1, 1]
+    returns (2, n): row 0 the speech, row 1 the background, at ``sample_rate`` (the rate the
+    model was trained at; the audio is resampled to it and back, None = use the audio's).
+    Any model wrapped to that contract plugs in; ``torch.jit.load`` reads code and tensors,
+    no pickle.
+    """
+
+    stage = "separate"
+
+    def __init__(self, model_path: str | os.PathLike, sample_rate: int | None = None, device: str = "cpu"):
+        path = local_file(model_path, "TorchScript separator", "export one with torch.jit.script(model).save(path) "
+                          "(model(mix (1, n)) -> (2, n) speech/background)", stage=self.stage)
+        torch = optional_import("torch", "TorchScript separator", "pip install torch", stage=self.stage)
+        try:
+            self.model = torch.jit.load(str(path), map_location=device).eval()
+        except (RuntimeError, ValueError) as e:
+            raise StageError(self.stage, f"{path} is not a TorchScript module: {e}") from None
+        self.name = f"torchscript:{path.name}"
+        self.sample_rate, self.device = sample_rate, device
+
+    def separate(self, audio: Audio) -> Stems:
+        import torch
+
+        rate = self.sample_rate or audio.sample_rate
+        x = resample(audio.samples, audio.sample_rate, rate)
+        with torch.inference_mode():
+            y = self.model(torch.from_numpy(np.ascontiguousarray(x))[None].to(self.device))
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, len(x)):
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise StageError(self.stage, f"{self.name} returned {shape}, expected (2, {len(x)}) speech/background")
+        y = y.detach().float().cpu().numpy()
+        if not np.isfinite(y).all():
+            raise StageError(self.stage, f"{self.name} returned non-finite samples")
+        n = len(audio.samples)
+        speech, background = (fit_length(resample(r, rate, audio.sample_rate), n) for r in y)
+        return Stems(Audio(speech, audio.sample_rate), Audio(background, audio.sample_rate))

@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from .languages import ISO639_1, iso639_1, language_tag  # noqa: F401  (re-exported)
-from .plugins import local_model_dir, optional_import
-from .stages import MissingWeights, StageError
+from .plugins import from_pretrained, optional_import, pretrained_source
+from .stages import StageError
 
 STAGE = "translate"
 
@@ -172,38 +173,34 @@ class DictionaryTranslator:
 
 
 class SeamlessTranslator:
-    """SeamlessM4T (v1 or v2) text-to-text translation from a local transformers folder.
+    """SeamlessM4T (v1 or v2) text-to-text translation, loaded as transformers loads it.
 
-    The folder is what ``save_pretrained`` writes for the model and its processor
-    (``config.json``, weights, tokenizer files). Loaded with ``local_files_only=True``:
-    nothing is downloaded. Tags are given to the model in their 639-2/T form, which is
-    SeamlessM4T's code for the languages the dubs paper uses.
+    ``model``: a folder that ``save_pretrained`` wrote for the model and its processor
+    (``config.json``, weights, tokenizer files), or a hub id (e.g.
+    ``facebook/seamless-m4t-v2-large``): downloaded on a machine with internet, read from the
+    local cache alone when ``HF_HUB_OFFLINE=1``. Tags are given to the model in their 639-2/T
+    form, which is SeamlessM4T's code for the languages the dubs paper uses.
     """
 
     _CLASSES = {"seamless_m4t": "SeamlessM4TForTextToText", "seamless_m4t_v2": "SeamlessM4Tv2ForTextToText"}
-    HINT = ("save a SeamlessM4T model there first: transformers' save_pretrained of a SeamlessM4T (v1 or v2) "
-            "text-to-text model and its processor on a machine that has them, then copy the folder here; "
-            "SCAV never downloads it")
+    HINT = ("give a folder that transformers' save_pretrained wrote for a SeamlessM4T (v1 or v2) model and its "
+            "processor, or a hub id such as facebook/seamless-m4t-v2-large (downloaded with internet; with "
+            "HF_HUB_OFFLINE=1 read from the local cache)")
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", max_new_tokens: int = 256):
-        path = local_model_dir(model_dir, "SeamlessM4T model", self.HINT, stage=STAGE)
+    def __init__(self, model: str | os.PathLike, device: str = "cpu", max_new_tokens: int = 256):
+        source = pretrained_source(model, "SeamlessM4T model", self.HINT, stage=STAGE)
         transformers = optional_import("transformers", "SeamlessM4T translator", "pip install 'scav[extract]'",
                                        stage=STAGE)
-        try:
-            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise StageError(STAGE, f"cannot read the model config in {path}: {e}") from None
+        config = from_pretrained(transformers.AutoConfig, source, "SeamlessM4T config", self.HINT, stage=STAGE)
         cls = self._CLASSES.get(getattr(config, "model_type", None))
         if cls is None:
-            raise StageError(STAGE, f"{path} holds a {config.model_type!r} model, not SeamlessM4T "
+            raise StageError(STAGE, f"{source} holds a {config.model_type!r} model, not SeamlessM4T "
                                     f"({', '.join(self._CLASSES)})")
-        try:
-            self.processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-            self.model = getattr(transformers, cls).from_pretrained(path, local_files_only=True).to(device).eval()
-        except (OSError, ValueError) as e:  # config present, weights or tokenizer files not
-            raise MissingWeights(STAGE, f"cannot load the model or processor from {path}: "
-                                        f"{type(e).__name__}: {e}; {self.HINT}") from None
-        self.name = f"seamless:{path.name}"
+        self.processor = from_pretrained(transformers.AutoProcessor, source, "SeamlessM4T processor", self.HINT,
+                                         stage=STAGE)
+        self.model = from_pretrained(getattr(transformers, cls), source, "SeamlessM4T model", self.HINT,
+                                     stage=STAGE).to(device).eval()
+        self.name = f"seamless:{Path(source).name if Path(source).exists() else source}"
         self.device, self.max_new_tokens = device, max_new_tokens
 
     def supports_target(self, language: str) -> bool:

@@ -480,8 +480,12 @@ def invoke(*args):
     (["{m}", "--target", "eng", "--source-language", "eng"], "source language"),
     (["{m}", "--target", "spa", "--separator", "demucs"], "--demucs-weights"),
     (["{m}", "--target", "spa", "--separator", "demucs", "--demucs-weights", "nowhere.th"], "does not exist"),
-    (["{m}", "--target", "spa", "--transcriber", "whisper"], "--whisper-dir"),
-    (["{m}", "--target", "spa", "--translator", "seamless"], "--seamless-dir"),
+    (["{m}", "--target", "spa", "--transcriber", "whisper"], "--whisper-model"),
+    (["{m}", "--target", "spa", "--transcriber", "whisper", "--whisper-model", "./nowhere"], "does not exist"),
+    (["{m}", "--target", "spa", "--translator", "seamless"], "--seamless-model"),
+    (["{m}", "--target", "spa", "--segmenter", "subtitles"], "--subtitles"),
+    (["{m}", "--target", "spa", "--subtitles", "."], "--subtitles is used by"),
+    (["{m}", "--target", "spa", "--separator", "torchscript"], "--separator-model"),
     (["{m}", "--target", "spa", "--voice", "model"], "--voice-weights"),
     (["{m}", "--target", "spa", "--separator", "magic"], "unknown separator"),
 ])
@@ -508,8 +512,8 @@ def test_help_explains_stages_and_weights():
     r = invoke("--help")
     assert r.exit_code == 0
     text = " ".join(r.output.split())  # unwrapped
-    for words in ("--separator", "--demucs-weights", "--whisper-dir", "--seamless-dir", "--voice-weights",
-                  "espeak-ng", "Exit status", "nothing is downloaded", "2 for bad input"):
+    for words in ("--separator", "--demucs-weights", "--whisper-model", "--seamless-model", "--voice-weights",
+                  "--subtitles", "espeak-ng", "Exit status", "HF_HUB_OFFLINE", "2 for bad input"):
         assert words in text, words
 
 

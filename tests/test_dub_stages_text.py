@@ -8,9 +8,12 @@ the decoded media (the codec's output), and the generator's layers only where th
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,9 +29,9 @@ from scav.data_manifests.synthetic import (
     render_dubbed_source,
     span_mask,
 )
-from scav.dub.plugins import TorchScriptSeparator, local_file, local_model_dir
+from scav.dub.plugins import local_file, local_model_dir
 from scav.dub.segment import KnownScriptSegmenter, KnownScriptTranscriber, VadSegmenter, WhisperTranscriber, merge_spans
-from scav.dub.separate import DemucsSeparator, KnownStemsSeparator, SpectralMaskSeparator
+from scav.dub.separate import DemucsSeparator, KnownStemsSeparator, SpectralMaskSeparator, TorchScriptSeparator
 from scav.dub.stages import Audio, MissingWeights, Segment, Separator, StageError
 from scav.dub.translate import SCRIPT_WORDS, DictionaryTranslator, SeamlessTranslator, language_tag
 from scav.extract.decode import decode_clip
@@ -298,9 +301,9 @@ def test_local_weights_helpers(tmp_path):
 
 
 def test_plugin_slots_say_what_is_missing(tmp_path):
-    with pytest.raises(MissingWeights, match="Whisper model folder .* does not exist; save a Whisper model"):
+    with pytest.raises(MissingWeights, match="Whisper model folder .* does not exist; give a folder .* or a hub id"):
         WhisperTranscriber(tmp_path / "whisper")
-    with pytest.raises(MissingWeights, match="SeamlessM4T model folder .* does not exist; save a SeamlessM4T"):
+    with pytest.raises(MissingWeights, match="SeamlessM4T model folder .* does not exist; give a folder .* or a hub"):
         SeamlessTranslator(tmp_path / "seamless")
     with pytest.raises(MissingWeights, match="Demucs checkpoint file .* does not exist.*nothing is downloaded"):
         DemucsSeparator(tmp_path / "htdemucs.th")
@@ -314,7 +317,7 @@ def test_plugin_slots_say_what_is_missing(tmp_path):
     (tmp_path / "cfg" / "config.json").write_text('{"model_type": "whisper"}')
     with pytest.raises(StageError, match="not SeamlessM4T"):
         SeamlessTranslator(tmp_path / "cfg")
-    with pytest.raises(MissingWeights, match="cannot load a Whisper model"):  # a config without weights
+    with pytest.raises(MissingWeights, match="cannot load the Whisper model"):  # a config without weights
         WhisperTranscriber(tmp_path / "cfg")
 
 
@@ -362,6 +365,45 @@ def test_whisper_slot_runs_a_local_model(tmp_path):
         w.transcribe(speech, asked, "fra")
 
 
+_HUB_PROBE = """
+import json, sys
+from scav.dub.segment import WhisperTranscriber
+from scav.dub.stages import MissingWeights
+out = {}
+for name in sys.argv[1:]:
+    try:
+        w = WhisperTranscriber(name, max_new_tokens=2)
+        out[name] = {"name": w.name, "vocab": len(w.processor.tokenizer)}
+    except MissingWeights as e:
+        out[name] = {"error": e.reason}
+print(json.dumps(out))
+"""
+
+
+def test_whisper_hub_id_loads_from_the_cache_when_offline(tmp_path):
+    """A hub id goes to transformers as it is: with HF_HUB_OFFLINE=1 the local cache answers (a tiny
+    random Whisper laid out as `hf download` leaves it), an id not in the cache is a one-line
+    MissingWeights that says the cache alone was read. Nothing is downloaded."""
+    import subprocess
+
+    from tiny_models import make_fake_hf_cache
+
+    _tiny_whisper(tmp_path / "whisper")
+    make_fake_hf_cache(tmp_path / "hf" / "hub", "someone/whisper-tiny-random", tmp_path / "whisper")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HF_HUB_CACHE", None)
+    res = subprocess.run([sys.executable, "-c", _HUB_PROBE, "someone/whisper-tiny-random", "someone/absent"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["someone/whisper-tiny-random"]["name"] == "whisper:someone/whisper-tiny-random"
+    assert got["someone/whisper-tiny-random"]["vocab"] == len(WhisperTranscriber(tmp_path / "whisper").processor.tokenizer)
+    absent = got["someone/absent"]["error"]
+    assert "cannot load the Whisper model and processor from someone/absent" in absent
+    assert "HF_HUB_OFFLINE is set" in absent and "\n" not in absent
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")  # torch 2.11; still loads
 def test_torchscript_separator_stand_in(tmp_path):
     """The generic plug-in path end to end: a scripted model (speech = 0.25 x, background = 0.75 x)
@@ -394,6 +436,12 @@ def test_torchscript_separator_stand_in(tmp_path):
         TorchScriptSeparator(tmp_path / "junk.pt")
     with pytest.raises(MissingWeights):
         TorchScriptSeparator(tmp_path / "absent.pt")
+    # registered: --separator torchscript --separator-model PATH builds it
+    from scav.dub.config import StageOptions
+    from scav.dub.registry import build_stages
+
+    built = build_stages(StageOptions(separator="torchscript", separator_model=tmp_path / "split.pt")).separator
+    assert isinstance(built, TorchScriptSeparator) and built.name == "torchscript:split.pt"
 
 
 _FAKE_DEMUCS = {  # Demucs' API as DemucsSeparator uses it (upstream demucs/states.py, apply.py), tiny model
