@@ -347,7 +347,11 @@ def report_command(
         with spinner:
             result = run_report(req, status=say)
     if json_path != "-":
+        media = result.get("media") or {}
         typer.echo(f"wrote {result['report']}")
+        if media.get("no_media"):
+            typer.echo(f"{media['no_media']} of {media['clips']} clips shown have no media in the report (missing, "
+                       f"outside --media-root, or undecodable; the page says which)")
 
 
 def main() -> None:

@@ -79,7 +79,8 @@ def run_report(req: ReportRequest, status=None) -> dict:
     summary = {"split": req.split, "title": f"SCAV search report: {req.split} ({label})",
                "R@K": {req.direction: summarize_ranks(full[req.direction].ranks[req.method])}, "k_curve": curve}
     say("writing the report")
+    stats: dict = {}
     page = write_report(records, Path(req.out), cache_path=req.cache, summary=summary, media_root=req.media_root,
-                        progress=False)
+                        progress=False, stats=stats)
     write_jsonl(req.json_path, records)
-    return {"report": str(page), "records": records, "summary": summary}
+    return {"report": str(page), "records": records, "summary": summary, "media": stats}

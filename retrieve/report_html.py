@@ -44,14 +44,18 @@ ASSETS = "assets"
 
 def write_report(records: list[dict], out_dir: str | Path, *, cache_path: str | Path | None = None,
                  summary: dict | None = None, thumbs: int = 6, audio_seconds: float = 4.0,
-                 media_root: str | Path | None = None, progress: bool = True) -> Path:
+                 media_root: str | Path | None = None, progress: bool = True, stats: dict | None = None) -> Path:
     """Write ``out_dir/index.html`` (+ ``assets/``) for search ``records``; returns the index.html path.
 
     records: `scav-retrieve search` JSON objects (one per query). cache_path: the cache the
     search ran on, for each clip's stored frame times (without it, or for a clip not in
     it, the decoded frames' own times are spread). media_root: folder that relative media
-    paths are relative to (None: the working directory). The folder is built under a
-    temporary name and renamed, so a killed run leaves the previous report intact.
+    paths are relative to (None: the working directory); only media inside it is read and
+    copied into the report (an absolute path elsewhere, or one that climbs out with ``..``
+    or a symlink, is shown as "outside --media-root", never read). stats: filled with
+    {"clips": clips shown, "no_media": clips whose media was missing, outside or undecodable}.
+    The folder is built under a temporary name and renamed, so a killed run leaves the
+    previous report intact.
     """
     if importlib.util.find_spec("av") is None:
         raise ModuleNotFoundError("the HTML report decodes media with PyAV, which is in the [extract] "
@@ -72,6 +76,8 @@ def write_report(records: list[dict], out_dir: str | Path, *, cache_path: str | 
             body.append(_query_section(i, rec, media))
         (tmp / "index.html").write_text(_page((summary or {}).get("title") or "SCAV search report", body),
                                         encoding="utf-8")
+    if stats is not None:
+        stats.update(clips=len(media.done), no_media=len(media.no_media))
     return out_dir / "index.html"
 
 
@@ -97,6 +103,8 @@ class _Media:
         self.thumbs = thumbs
         self.audio_seconds = audio_seconds
         self.media_root = Path(media_root) if media_root is not None else None
+        self.root_dir = (self.media_root or Path.cwd()).resolve()
+        self.no_media: set[_Clip] = set()
         self.cache = None
         if cache_path is not None:
             from scav.core.cache import FeatureCache
@@ -106,7 +114,10 @@ class _Media:
 
     def fragment(self, clip: _Clip) -> str:
         if clip not in self.done:
-            self.done[clip] = self._render(clip)
+            html, ok = self._render(clip)
+            self.done[clip] = html
+            if not ok:
+                self.no_media.add(clip)
         return self.done[clip]
 
     def _stored(self, clip_id: str | None):
@@ -122,24 +133,31 @@ class _Media:
             log.warning("stored frame times of %s unreadable, using decoded times: %s", clip_id, e)
             return self.cache.info(clip_id), None
 
-    def _render(self, clip: _Clip) -> str:
+    def _render(self, clip: _Clip) -> tuple[str, bool]:
+        """(HTML of the clip's frames and audio, or of a note saying why there are none; media shown?)"""
         from scav.extract.decode import DecodeError
 
         info, stored = self._stored(clip.clip_id)
         rel = clip.path or (info.path if info else "")
         if not rel:
-            return _note("media path not recorded")
+            return _note("media path not recorded"), False
         path = Path(rel) if Path(rel).is_absolute() or self.media_root is None else self.media_root / rel
+        try:
+            inside = path.resolve().is_relative_to(self.root_dir)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not inside:
+            return _note(f"media outside --media-root ({self.root_dir}), not read: {path}"), False
         if not path.is_file():
-            return _note(f"media not found: {path}")
+            return _note(f"media not found: {path}"), False
         length = (clip.end - clip.start if clip.end is not None and clip.start is not None
                   else info.duration if info else None)
         try:
             frames, audio = _decode(path, clip, stored, self.thumbs, self.audio_seconds, length)
         except DecodeError as e:
-            return _note(f"media cannot be decoded: {path} ({e})")
+            return _note(f"media cannot be decoded: {path} ({e})"), False
         key = hashlib.sha1(json.dumps([str(path), clip.start, clip.end, clip.track]).encode()).hexdigest()[:16]
-        return _strip(self.root, key, frames) + _audio(self.root, key, audio)
+        return _strip(self.root, key, frames) + _audio(self.root, key, audio), True
 
 
 def _spread(times: np.ndarray, n: int) -> np.ndarray:

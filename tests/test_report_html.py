@@ -208,3 +208,24 @@ def test_the_browser_check_sees_a_broken_page(browser, tmp_path):
     assert v["images"][0]["width"] == 0 and v["audios"][0]["error"] is not None
     assert any("Uncaught" in e and "undefinedFunction" in e for e in v["errors"])
     assert any("no.jpg" in e for e in v["errors"]) and any("no.wav" in e for e in v["errors"])
+
+
+def test_media_outside_the_media_root_is_not_read(sample, tmp_path):
+    """Issue 23: a cache row pointing at an absolute path elsewhere, or climbing out of --media-root
+    with '..', is shown as outside and never read or copied; the stats count clips without media."""
+    root = tmp_path / "root"
+    shutil.copytree(sample.media_root / "media", root / "media")
+    outside = tmp_path / "outside"
+    shutil.copytree(sample.media_root / "media", outside)
+    some = sorted({r["path"] for rec in sample.records for r in rec["results"]})[0]
+    records = copy.deepcopy(sample.records)
+    records[0]["results"][0]["path"] = str(outside / Path(some).name)  # absolute, elsewhere
+    records[1]["results"][0]["path"] = f"../outside/{Path(some).name}"  # climbs out
+    stats: dict = {}
+    page = render(sample, tmp_path / "out", records=records, media_root=root, stats=stats)
+    text = page.read_text()
+    assert text.count("media outside --media-root") == 2
+    assert_sources_exist(page)
+    assert stats["no_media"] == 2 and stats["clips"] > 2
+    full = render(sample, tmp_path / "full", stats=(s := {}))
+    assert s["no_media"] == 0 and "outside --media-root" not in full.read_text()
