@@ -10,7 +10,9 @@ Layout (all attributes are numbers or UTF-8 strings; nothing is pickled)::
     /clips/<name>/          one group per clip; <name> = clip_id with "%" -> "%25", "/" -> "%2F"
         video               (T, Dv) float16 (any float is cast to float16)
         video_times         (T,) float64 seconds            [optional: else arange(T) / fps]
-        audio/t0, t1, ...   (S_j, Da) float16, one per audio track
+        audio/t0, t1, ...   (S_j, Da) float16, one per audio track; attrs language (tag, "" = none)
+                            and original (1 = the original-language track), read back when
+                            the clip has no info JSON
         (or audio)          (S, Da) a single dataset instead of the group
         attrs               split (required), clip_id, label, source, path, fps, duration,
                             start, end (NaN = none), info=<ClipInfo JSON> (written by export;
@@ -92,6 +94,9 @@ def export_h5(cache_path: str | os.PathLike, out: str | os.PathLike, split: str 
             pi, row = cache.locate(info.clip_id)
             for j in range(1, len(info.tracks)):  # the other tracks alone: the video is read once
                 ag.create_dataset(audio_track_name(j), data=cache.parts[pi].read(row, AUDIO, j))
+            for j, t in enumerate(info.tracks):  # also in the info JSON; here for readers of plain HDF5
+                ag[audio_track_name(j)].attrs["language"] = t.language or ""
+                ag[audio_track_name(j)].attrs["original"] = np.int8(bool(t.original))
             g.attrs["clip_id"] = info.clip_id
             g.attrs["info"] = json.dumps(info.to_dict())
             for key in ("split", "label", "source", "path"):
@@ -177,6 +182,10 @@ def _read_clip(g, name: str, path: Path) -> tuple[ClipInfo, np.ndarray, np.ndarr
             fps=_float_attr(g.attrs, "fps") or 0.0,
             duration=_float_attr(g.attrs, "duration") or 0.0,
         )
+    if info_json is None:  # per-track attributes of a file made elsewhere (or by an export)
+        info = replace(info, tracks=[
+            AudioTrack(j, _str_attr(t.attrs, "language") or None, 0, bool(t.attrs.get("original", 0)))
+            for j, t in enumerate(tracks)])
     n = video.shape[0]
     if "video_times" in g:
         times = g["video_times"]

@@ -114,3 +114,26 @@ def test_invalid_files_give_clear_errors(tmp_path, damage, message):
     with pytest.raises(CacheError, match=message):
         import_h5(tmp_path / "a.h5", tmp_path / "b.zarr")
     assert not (tmp_path / "b.zarr").exists()  # validated before anything is written
+
+
+def test_track_language_and_original_are_attributes(tmp_path):
+    """Issue 23: audio/t<j> carries the track's language and original flag as attributes, and a file
+    without the info JSON (made elsewhere) is read back with them."""
+    import h5py
+
+    src = make_cache(tmp_path / "a.zarr")
+    export_h5(src, tmp_path / "a.h5")
+    fc = FeatureCache.open(src)
+    with h5py.File(tmp_path / "a.h5", "r+") as f:
+        for name in f["clips"]:
+            info = fc.info(f["clips"][name].attrs["clip_id"])
+            for j, t in enumerate(info.tracks):
+                ds = f["clips"][name]["audio"][f"t{j}"]
+                assert ds.attrs["language"] == (t.language or "") and bool(ds.attrs["original"]) == t.original
+            if "t1" in f["clips"][name]["audio"]:
+                f["clips"][name]["audio"]["t1"].attrs["original"] = 1
+            del f["clips"][name].attrs["info"]
+    import_h5(tmp_path / "a.h5", tmp_path / "b.zarr")
+    two = [c for c in FeatureCache.open(tmp_path / "b.zarr").clips() if len(c.tracks) == 2]
+    assert len(two) == 1
+    assert [t.language for t in two[0].tracks] == [None, "eng"] and [t.original for t in two[0].tracks] == [False, True]
