@@ -80,3 +80,19 @@ def test_search_table_shows_hostile_labels_and_whole_ids_when_piped(tiny, tmp_pa
                                  "--query-split", "test", "--device", "cpu", "--topk", "3"])
     assert r.exit_code == 0, r.output
     assert HOSTILE in r.output and "[/bold]" in r.output
+
+
+class _NotData:
+    """An object torch's weights_only loader refuses to unpickle."""
+
+
+def test_pickle_refusal_gives_no_weights_only_false_advice(tmp_path):
+    import torch
+    from scav.model.checkpoint import CheckpointError, read_checkpoint
+
+    torch.save({"model": _NotData()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tmp_path / "evil.pt")
+    msg = str(e.value)
+    assert "does not unpickle" in msg and "weights_only" not in msg and "False" not in msg
+    assert e.value.__cause__ is None and e.value.__suppress_context__
