@@ -7,7 +7,7 @@ import torch
 
 from scav.core.loader import Batch
 from scav.train.augment import QuadBatch, Window, make_quadruplets, time_mask, window_pair
-from scav.train.loop import AUDIO_STEPS_PER_SECOND, random_crop
+from scav.train.augment import AUDIO_STEPS_PER_SECOND, random_crop
 
 RATE = AUDIO_STEPS_PER_SECOND  # 6.25
 

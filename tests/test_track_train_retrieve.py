@@ -92,16 +92,16 @@ def test_retrieve_cli_parses_and_checks_the_track(setup):
 
 def test_training_reads_the_chosen_track(setup, monkeypatch):
     tmp, path, _ = setup
-    from scav.train import loop
+    from scav.train import feed, loop
 
     served = []
-    real = loop.make_train_loader
+    real = feed.make_train_loader
 
     def recording(*args, **kw):
         served.append(kw.get("track"))
         return real(*args, **kw)
 
-    monkeypatch.setattr(loop, "make_train_loader", recording)
+    monkeypatch.setattr(feed, "make_train_loader", recording)
     train_ids = [c.clip_id for c in FeatureCache.open(path).clips("train") if c.find_track("spa") is not None]
     cfg = TrainConfig(cache=str(path), out=str(tmp / "run-spa"), audio_track="spa", val_clips=0, steps=2,
                       batch_size=4, model=TINY, objective=ObjectiveConfig(kind="cav"), device="cpu", log_every=1)

@@ -15,17 +15,11 @@ from scav.core.cache import CacheWriter, ClipRecord, FeatureCache
 from scav.core.loader import Batch
 from scav.core.schema import AudioTrack, ClipInfo
 from scav.model.checkpoint import read_checkpoint
-from scav.train import ddp, loop
+from scav.train import ddp, feed, guard, loop
 from scav.model.config import ModelConfig, ObjectiveConfig
 from scav.train.config import TrainConfig
-from scav.train.loop import (
-    TrainingDiverged,
-    make_optimizer,
-    read_losses,
-    run,
-    setup,
-    train_step,
-)
+from scav.train.loop import TrainingDiverged, read_losses, run, setup, train_step
+from scav.train.schedule import make_optimizer, make_scheduler
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=24, audio_mlp_hidden=24, dropout=0.0)
 CPU = torch.device("cpu")
@@ -104,7 +98,7 @@ def test_fused_guarded_step_equals_the_plain_loop(cache, tmp_path):
     opt = torch.optim.AdamW(ref.opt.param_groups, lr=ref.cfg.lr, betas=ref.cfg.betas, foreach=True)
     for g in opt.param_groups:
         g["fused"] = None
-    sched = loop.make_scheduler(opt, ref.cfg)
+    sched = make_scheduler(opt, ref.cfg)
     for i, b in enumerate(_batches(8)):
         train_step(t, (0, i, b), FP32)
         new = read_losses(t)["loss"]
@@ -166,8 +160,8 @@ def test_host_reads_only_every_log_every_steps(cache, tmp_path, monkeypatch):
     import sys
 
     reads, elsewhere = [], []
-    real = loop.NonFiniteGuard.read
-    monkeypatch.setattr(loop.NonFiniteGuard, "read", lambda self: reads.append(1) or real(self))
+    real = guard.NonFiniteGuard.read
+    monkeypatch.setattr(guard.NonFiniteGuard, "read", lambda self: reads.append(1) or real(self))
     inside = {"step": False}
     ours = (str(Path(loop.__file__).parent), str(Path(torch.optim.__file__).parent))
 
@@ -231,24 +225,27 @@ def test_deferred_check_names_the_same_step_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(v).all() for v in last["model"].values())
 
 
-def test_resume_from_a_plain_adamw_state(cache, tmp_path):
-    """A last.pt written by the unfused optimizer loads into the fused one, which then
-    still skips a flagged step."""
+def test_a_saved_fused_optimizer_state_loads_fused_and_still_skips_flagged_steps(cache, tmp_path):
+    """last.pt's optimizer state goes back through plain ``load_state_dict``: the groups stay
+    fused, the step counts are tensors on the parameters' device, and a flagged step (the
+    guard's found_inf) leaves weights and moments untouched."""
     t = setup(_cfg(cache, tmp_path / "a"), CPU, ddp.DistInfo())
-    plain = torch.optim.AdamW(t.model.parameters(), lr=1e-3)
     b = _batches(1)[0]
     t.model(b.video, b.video_mask, b.audio, b.audio_mask)["video_emb"].sum().backward()
-    plain.step()
+    t.opt.step()
+    saved = t.opt.state_dict()
     opt = make_optimizer(t.model, t.cfg)
-    saved = opt.state_dict()
-    for g in saved["param_groups"]:
-        g["fused"] = None
-    loop.load_optimizer_state(opt, saved)
+    opt.load_state_dict(saved)
     assert all(g["fused"] for g in opt.param_groups)
+    steps = [st["step"] for st in opt.state.values()]
+    assert steps and all(torch.is_tensor(s) and float(s) == 1.0 for s in steps)
     opt.found_inf = torch.ones(())
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    moments = {id(p): st["exp_avg"].clone() for p, st in opt.state.items()}
     opt.step()
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert all(torch.equal(moments[id(p)], st["exp_avg"]) for p, st in opt.state.items())
+    assert all(float(st["step"]) == 1.0 for st in opt.state.values())
 
 
 def test_cli_exits_3_naming_the_step_with_deferred_reads(tmp_path):
@@ -271,14 +268,14 @@ def test_feed_reading_ahead_gives_the_batches_and_crops_of_the_inline_feed(tmp_p
     seen = {}
     for ahead in (False, True):
         t = setup(_cfg(cache, tmp_path / str(ahead), random_crop=1.5), CPU, ddp.DistInfo())
-        feed = loop.BatchFeed(t, ahead=ahead)
+        feed_ = feed.BatchFeed(t, ahead=ahead)
         got = []
         for _ in range(7):  # 3 batches per epoch
-            epoch, index, b = feed.next()
+            epoch, index, b = feed_.next()
             got.append((epoch, index, b.clip_ids, b.video.clone(), b.audio_mask.clone()))
             t.state.step += 1
             t.state.epoch, t.state.batch_in_epoch = epoch, index + 1
-        feed.close()
+        feed_.close()
         seen[ahead] = got
     assert [g[:3] for g in seen[True]] == [g[:3] for g in seen[False]]
     assert [g[:2] for g in seen[True]] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]

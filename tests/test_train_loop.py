@@ -17,15 +17,11 @@ from scav.model.checkpoint import CheckpointError, load_model, read_checkpoint
 from scav.model.network import SCAVModel
 from scav.model.config import ModelConfig, ObjectiveConfig
 from scav.train.config import TrainConfig
-from scav.train.loop import (
-    TrainingDiverged,
-    lr_factor,
-    random_crop,
-    recall_at_1_both_ways,
-    run,
-    split_train_val,
-    validate,
-)
+from scav.train.augment import random_crop
+from scav.train.feed import split_train_val
+from scav.train.loop import TrainingDiverged, run
+from scav.train.schedule import lr_factor
+from scav.train.validation import recall_at_1_both_ways, validate
 
 TINY = ModelConfig(c=32, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=64, audio_mlp_hidden=64, dropout=0.0)
 

@@ -11,7 +11,7 @@ from scav.model.clip_lengths import pre_lengths
 from scav.model.network import SCAVModel
 from scav.model.config import ModelConfig, ObjectiveConfig
 from scav.train.config import TrainConfig
-from scav.train.loop import validate
+from scav.train.validation import validate
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=32, audio_mlp_hidden=32, dropout=0.0)
 
