@@ -70,8 +70,10 @@ def dub(
     separator: Annotated[str, typer.Option(help="known (synthetic benchmark) | spectral | demucs "
                                                 "(needs --demucs-weights) | torchscript (needs "
                                                 "--separator-model).")] = "known",
-    demucs_weights: Annotated[Weights, typer.Option(envvar="SCAV_DEMUCS_WEIGHTS", metavar="PATH",
-                                                    help="Local Demucs weights (for --separator demucs).")] = None,
+    demucs_weights: Annotated[Optional[str], typer.Option(
+        envvar="SCAV_DEMUCS_WEIGHTS", metavar="PATH|NAME",
+        help="Demucs: a single-model .th file, or a model name Demucs knows (htdemucs: downloaded into torch "
+             "hub's cache) (for --separator demucs).")] = None,
     separator_model: Annotated[Weights, typer.Option(
         envvar="SCAV_SEPARATOR_MODEL", metavar="PATH",
         help="TorchScript separator file: model(mix (1, n)) -> (2, n) speech/background (--separator "

@@ -37,9 +37,9 @@ IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, str, str | None]] = {
 STAGE_VERBS = {"separator": "separate", "segmenter": "segment", "transcriber": "transcribe",
                "translator": "translate", "synthesizer": "synthesize", "stretcher": "stretch",
                "voice": "voice", "matcher": "match"}
-# options a Hugging Face hub id may fill instead of a local folder (the library downloads it, or reads its
-# cache when HF_HUB_OFFLINE is set)
-HUB_OPTIONS = {"whisper_model", "seamless_model"}
+# options a name the library resolves may fill instead of a local path: a Hugging Face hub id (transformers
+# downloads it, or reads its cache when HF_HUB_OFFLINE is set), a Demucs model name (torch hub's cache)
+HUB_OPTIONS = {"whisper_model", "seamless_model", "demucs_weights"}
 _WHAT = {"subtitles": "a folder of subtitle files", "whisper_model": "a local folder or a hub id",
          "seamless_model": "a local folder or a hub id"}
 

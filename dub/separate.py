@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .plugins import fit_length, local_file, optional_import, resample
-from .stages import Audio, StageError, Stems
+from .stages import Audio, MissingWeights, StageError, Stems
 
 STAGE = "separate"
 
@@ -256,25 +256,54 @@ def _demucs_model_classes() -> list[type]:
 
 
 class DemucsSeparator:
-    """Demucs (Défossez et al.; the paper used Hybrid Demucs) from one local checkpoint file.
+    """Demucs (Défossez et al.; the paper used Hybrid Demucs), loaded as Demucs loads it.
 
-    ``weights``: a single-model ``.th`` file as Demucs publishes them (a dict of the model
-    class, its arguments and its state; e.g. htdemucs' ``955717e8-8726e21a.th``). It is read
-    with ``torch.load(weights_only=True)`` allowing only Demucs' model classes as globals,
-    never with Demucs' own loader (a full unpickle) nor its pretrained loader (it downloads).
-    Bags of several models (htdemucs_ft, mdx_extra) and diffq-quantised files (``*_q``) are
-    not supported. Speech = the ``vocals`` source; background = audio - speech. The audio is
+    ``weights``: a model name Demucs knows (``htdemucs``, ``htdemucs_ft``, ``mdx_extra``, ...),
+    loaded by ``demucs.pretrained.get_model``: downloaded into torch hub's cache on a machine
+    with internet, read from that cache when it is there. Or a single-model ``.th`` file as
+    Demucs publishes them (a dict of the model class, its arguments and its state; e.g.
+    htdemucs' ``955717e8-8726e21a.th``); diffq-quantised files (``*_q``) are not supported.
+    Either way checkpoints are read with ``torch.load(weights_only=True)`` allowing only
+    Demucs' model classes as globals: never a full unpickle. Speech = the ``vocals`` source; background = audio - speech. The audio is
     resampled to the model's rate, duplicated to its channels, normalised as
     ``demucs.separate`` does, and separated with ``demucs.apply.apply_model`` (no random
     shifts: deterministic).
     """
 
-    HINT = ("put a Demucs single-model checkpoint (.th) there, e.g. htdemucs' 955717e8-8726e21a.th from the "
-            "Demucs release files; nothing is downloaded")
+    HINT = ("give a model name Demucs knows (e.g. htdemucs: downloaded into torch hub's cache) or a single-model "
+            "checkpoint (.th), e.g. htdemucs' 955717e8-8726e21a.th from the Demucs release files")
     INSTALL = "pip install demucs (not a scav dependency), then give the checkpoint with --demucs-weights"
 
     def __init__(self, weights: str | os.PathLike, device: str = "cpu", segment_overlap: float = 0.25):
-        path = local_file(weights, "Demucs checkpoint", self.HINT, stage=STAGE)
+        name = str(weights or "")
+        if name and not Path(name).expanduser().exists() and re.fullmatch(r"[A-Za-z0-9_]+", name):
+            model, self.name = self._pretrained(name), f"demucs:{name}"
+        else:
+            path = local_file(weights, "Demucs checkpoint", self.HINT, stage=STAGE)
+            model, self.name = self._from_file(path), f"demucs:{path.name}"
+        if "vocals" not in list(model.sources):
+            raise StageError(STAGE, f"{self.name}: the model has no 'vocals' source ({list(model.sources)})")
+        self.model = model.to(device).eval()
+        self.device, self.overlap = device, segment_overlap
+
+    def _pretrained(self, name: str):
+        """A model Demucs names (htdemucs, mdx_extra, ...) as ``demucs.pretrained.get_model`` loads it:
+        downloaded into torch hub's cache with internet, read from there when it is cached; its
+        checkpoints are read with weights_only=True, Demucs' model classes allowed."""
+        optional_import("demucs", "Demucs separator", self.INSTALL, stage=STAGE)
+        import torch
+        from demucs.pretrained import get_model
+
+        try:
+            with torch.serialization.safe_globals(_demucs_model_classes()):
+                return get_model(name)
+        except Exception as e:  # noqa: BLE001 - no network, unknown name, refused pickle: all "not loaded"
+            raise MissingWeights(STAGE, f"cannot load the Demucs model {name!r}: {type(e).__name__}: "
+                                        f"{str(e)[:300]}; demucs downloads it into torch hub's cache "
+                                        f"({torch.hub.get_dir()}) on a machine with internet, or give a local "
+                                        ".th file") from None
+
+    def _from_file(self, path: Path):
         optional_import("demucs", "Demucs separator", self.INSTALL, stage=STAGE)
         import torch
         from demucs.states import load_model
@@ -294,11 +323,7 @@ class DemucsSeparator:
         if isinstance(package["state"], dict) and package["state"].get("__quantized"):
             raise StageError(STAGE, f"{path} is diffq-quantised; use a non-quantised model (e.g. htdemucs)")
         model = load_model(package)  # a dict: demucs builds the class and loads the state, no unpickling
-        if "vocals" not in list(model.sources):
-            raise StageError(STAGE, f"{path}: the model has no 'vocals' source ({list(model.sources)})")
-        self.model = model.to(device).eval()
-        self.name = f"demucs:{path.name}"
-        self.device, self.overlap = device, segment_overlap
+        return model
 
     def separate(self, audio: Audio) -> Stems:
         import torch

@@ -305,7 +305,7 @@ def test_plugin_slots_say_what_is_missing(tmp_path):
         WhisperTranscriber(tmp_path / "whisper")
     with pytest.raises(MissingWeights, match="SeamlessM4T model folder .* does not exist; give a folder .* or a hub"):
         SeamlessTranslator(tmp_path / "seamless")
-    with pytest.raises(MissingWeights, match="Demucs checkpoint file .* does not exist.*nothing is downloaded"):
+    with pytest.raises(MissingWeights, match="Demucs checkpoint file .* does not exist.*model name Demucs knows"):
         DemucsSeparator(tmp_path / "htdemucs.th")
     (tmp_path / "htdemucs.th").write_bytes(b"not empty")
     with pytest.MonkeyPatch.context() as mp:
@@ -467,6 +467,13 @@ _FAKE_DEMUCS = {  # Demucs' API as DemucsSeparator uses it (upstream demucs/stat
                         device=None, num_workers=0, segment=None, pool=None):
             return model(mix)
     """,
+    "pretrained.py": """
+        from .htdemucs import HTDemucs
+        def get_model(name, repo=None):  # upstream: a bag of models from torch hub's cache (downloaded)
+            if name != "htdemucs":
+                raise ImportError(f"Could not find a pretrained model with name {name}")
+            return HTDemucs(["drums", "bass", "other", "vocals"])
+    """,
     "payload.py": """
         class Payload:
             def __reduce__(self):
@@ -504,6 +511,11 @@ def test_demucs_slot_with_a_stand_in_package(tmp_path, monkeypatch):
                    tmp_path / "evil.th")
         with pytest.raises(StageError, match="weights_only.*Unsupported global: GLOBAL print was not an allowed"):
             DemucsSeparator(tmp_path / "evil.th")
+        # a model name goes to demucs.pretrained.get_model (its own download and cache)
+        named = DemucsSeparator("htdemucs")
+        assert named.name == "demucs:htdemucs" and list(named.model.sources)[-1] == "vocals"
+        with pytest.raises(MissingWeights, match="cannot load the Demucs model 'nosuch'.*torch hub's cache"):
+            DemucsSeparator("nosuch")
     finally:
         for mod in [m for m in sys.modules if m == "demucs" or m.startswith("demucs.")]:
             del sys.modules[mod]
