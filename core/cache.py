@@ -41,7 +41,7 @@ from zarr.codecs import ZstdCodec
 
 from .checksum import FastCrc32cCodec
 from .chunk_layout import ArrayChunks, ChunkError
-from .files import atomic_path
+from .files import write_json_atomic
 from .mapped import MappedFiles
 from .schema import (
     AUDIO,
@@ -537,8 +537,7 @@ def _scav_leftovers_only(path: Path) -> bool:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2))
+    write_json_atomic(path, obj)
     _fsync_dir(path.parent)  # the rename itself survives a power cut
 
 

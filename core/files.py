@@ -8,12 +8,13 @@ old file or the new one, never half of one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 _TMP_RE = re.compile(r"^\.(?P<stem>.+)\.tmp-(?P<pid>\d+)(?P<suffix>(\.[^.]+)?)$")
 
@@ -87,3 +88,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 2) -> Path:
+    """Write ``payload`` as JSON (+ newline) to ``path`` through :func:`atomic_path`: the one
+    JSON writer of files a later run trusts (configs, stamps, records, ``--json`` outputs)."""
+    path = Path(path)
+    text = json.dumps(payload, indent=indent) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
