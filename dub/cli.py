@@ -28,20 +28,22 @@ HELP = (
         "  2 segment speech with timestamps  --segmenter known* | vad (webrtcvad) | subtitles (--subtitles)\n"
         "    and transcribe it               --transcriber known | subtitles | whisper (--whisper-model)\n"
         "  3 translate the text              --translator dictionary* | seamless (--seamless-model)\n"
-        "  4 synthesise it (espeak-ng) and stretch each segment to the original's duration (librosa)\n"
+        "  4 synthesise it (espeak-ng) and stretch each segment to the original's duration\n"
+        "                                    --stretcher librosa* | rubberband (rubberband-cli)\n"
         "  5 convert the voice               --voice pitch* | model (--voice-weights)\n"
         "  6 match loudness (BS.1770) and long-term spectrum to the original segment\n"
-        "  7 remix with the background; mux: video and original audio copied untouched, one AAC track\n"
-        "    per language, tagged and flagged 'dub'\n\n"
+        "  7 remix with the background at the original track's loudness; mux: video and original audio\n"
+        "    copied untouched, one AAC track per language, tagged and flagged 'dub'\n\n"
         "'known' stems and script exist only for SCAV's synthetic benchmark (`scav-extract synthetic`, "
         "SyntheticConfig(dub_languages=...)); for other media without weights: --separator spectral --segmenter vad "
         "--subtitles DIR (one SRT/WebVTT file per media, as dubbing studios work), or whisper. Whisper and "
         "SeamlessM4T take a save_pretrained folder or a hub id (downloaded with internet; from the local cache "
-        "when HF_HUB_OFFLINE=1); Demucs, TorchScript and voice models take a local file. Needs Debian's "
-        "espeak-ng (apt-get install espeak-ng).\n\n"
+        "when HF_HUB_OFFLINE=1), Demucs a model name (torch hub's cache) or a .th file, TorchScript and voice "
+        "models a local file. Debian packages: espeak-ng (synthesis, always), rubberband-cli (--stretcher "
+        "rubberband).\n\n"
         "Outputs in --out: media/<relative path of the input>(.mp4), manifest.csv, dub_report.json (stage "
         "implementations, quality checks per file and language, timings), failures.csv, records/. Runs resume: "
-        "finished files are skipped; files that failed are retried only with --retry-failed. A file that fails "
+        "finished files are skipped, other targets are added to the earlier output (both kept); files that failed are retried only with --retry-failed. --out must not hold or sit among the inputs; one run at a time writes it. A file that fails "
         "is a row of failures.csv and never stops the run.\n\n"
         "Exit status: 0 when the run completed (failures are rows, as in scav-extract), 1 with --strict when a "
         "file failed or a quality check did not pass, 2 for bad input (missing manifest, unknown language, a "
@@ -97,6 +99,8 @@ def dub(
         envvar="SCAV_SEAMLESS_MODEL", metavar="DIR|HUB_ID",
         help="SeamlessM4T: a save_pretrained folder or a hub id, e.g. facebook/seamless-m4t-v2-large "
              "(--translator seamless).")] = None,
+    stretcher: Annotated[str, typer.Option(help="librosa (phase vocoder) | rubberband (Rubber Band R3 through "
+                                                "Debian's rubberband-cli; keeps speech loudness better).")] = "librosa",
     voice: Annotated[str, typer.Option(help="pitch (shift towards the original's pitch) | model "
                                             "(needs --voice-weights).")] = "pitch",
     voice_weights: Annotated[Weights, typer.Option(envvar="SCAV_VOICE_WEIGHTS", metavar="PATH",
@@ -122,7 +126,7 @@ def dub(
         manifest=manifest, out=out, targets=tuple(_tag(t) for t in target),
         source_language=_tag(source_language) if source_language else None, media_root=media_root,
         stages=StageOptions(separator=separator, segmenter=segmenter, transcriber=transcriber,
-                            translator=translator, voice=voice, demucs_weights=demucs_weights,
+                            translator=translator, stretcher=stretcher, voice=voice, demucs_weights=demucs_weights,
                             separator_model=separator_model, whisper_model=whisper_model,
                             seamless_model=seamless_model, voice_weights=voice_weights, subtitles=subtitles),
         keep_stages=keep_stages, sample_rate=sample_rate, limit=limit, retry_failed=retry_failed,

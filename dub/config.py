@@ -29,6 +29,7 @@ IMPLEMENTATIONS: dict[tuple[str, str], tuple[str, str, str | None]] = {
     ("translator", "seamless"): ("scav.dub.translate", "SeamlessTranslator", "seamless_model"),
     ("synthesizer", "espeak"): ("scav.dub.tts", "EspeakSynthesizer", None),
     ("stretcher", "librosa"): ("scav.dub.timing", "LibrosaStretcher", None),
+    ("stretcher", "rubberband"): ("scav.dub.timing", "RubberbandStretcher", None),
     ("voice", "pitch"): ("scav.dub.voice", "PitchShiftConverter", None),
     ("voice", "model"): ("scav.dub.voice", "ModelVoiceConverter", "voice_weights"),
     ("matcher", "loudness"): ("scav.dub.loudness", "LoudnessMatcher", None),

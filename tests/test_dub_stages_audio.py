@@ -191,6 +191,14 @@ def test_default_stretcher_prefers_rubberband():
     assert isinstance(default_stretcher(), want)
 
 
+def test_rubberband_is_a_registered_stretcher():
+    from scav.dub.config import StageOptions
+    from scav.dub.registry import build_stages
+
+    assert isinstance(build_stages(StageOptions(stretcher="rubberband")).stretcher, RubberbandStretcher)
+    assert isinstance(build_stages(StageOptions()).stretcher, LibrosaStretcher)  # the default needs no program
+
+
 def test_stretch_clamps_extreme_ratios():
     x = harmonic(150.0, 1.0)
     st = LibrosaStretcher()
