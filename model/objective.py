@@ -83,7 +83,7 @@ def compute_loss(model_out: dict, model, obj_cfg: ObjectiveConfig, dist=None) ->
 
 def _compute_loss_global(model_out: dict, model, obj_cfg: ObjectiveConfig, dist) -> dict[str, torch.Tensor]:
     """Local rows against gathered columns (see module docstring)."""
-    from scav.train.ddp import gather_features, gather_sequences
+    from .gather import gather_features, gather_sequences
 
     offset = dist.rank * model_out["video_emb"].shape[0]
     logit_scale = model_out.get("logit_scale", model.logit_scale)
@@ -106,10 +106,10 @@ def _compute_loss_global(model_out: dict, model, obj_cfg: ObjectiveConfig, dist)
 
 
 def _gathered(out: dict, dist) -> dict:
-    """The whole (all-ranks) batch of a model output, with gradients (ddp.gather_*)."""
+    """The whole (all-ranks) batch of a model output, with gradients (:mod:`.gather`)."""
     if dist is None or dist.world_size <= 1:
         return out
-    from scav.train.ddp import gather_features, gather_sequences
+    from .gather import gather_features, gather_sequences
 
     g = dict(out)
     g["video_emb"], g["audio_emb"] = gather_features(out["video_emb"]), gather_features(out["audio_emb"])
@@ -132,6 +132,9 @@ def compute_quad_loss(out_p: dict, out_s: dict, model, obj_cfg: ObjectiveConfig,
     gradient) and DDP's average divides by world_size again, so the gradients equal one
     process's on the concatenated batch. (The local-rows form of ``compute_loss`` does not
     apply: Eq. 1's denominator holds a row and a column of the matrix.)
+
+    The within-modal terms are returned unweighted (``*_within_video`` / ``_audio``) in both
+    forms, as the paper tracks them; for SCAV, a term of weight 0 is computed without gradient.
     """
     from scav.sequence import quadruplet
 
@@ -149,10 +152,9 @@ def compute_quad_loss(out_p: dict, out_s: dict, model, obj_cfg: ObjectiveConfig,
             return sequence_distance(obj_cfg, a[f"{ma}_seq"], a[f"{ma}_mask"], b[f"{mb}_seq"], b[f"{mb}_mask"])
 
         within = {}
-        if dubs_cfg.lambda_v > 0:
-            within["d_vp_vs"] = d(p, "video", s, "video")
-        if dubs_cfg.lambda_a > 0:
-            within["d_ap_as"] = d(p, "audio", s, "audio")
+        for key, m, weight in (("d_vp_vs", "video", dubs_cfg.lambda_v), ("d_ap_as", "audio", dubs_cfg.lambda_a)):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):  # weight 0: tracked, not trained
+                within[key] = d(p, m, s, m)
         cross = (d(p, "video", s, "audio"), d(s, "video", p, "audio")) if dubs_cfg.cross else (None, None)
         got = quadruplet.scav_quadruplet_loss(*cross, log_lambda, obj_cfg.normalize, **within, **weights)
         parts.update({f"scav_{k}": v for k, v in got.items() if v.numel() == 1})

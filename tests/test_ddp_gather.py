@@ -14,7 +14,8 @@ from scav.model.network import SCAVModel
 from scav.model.objective import compute_loss
 from scav.model.config import ModelConfig, ObjectiveConfig
 from scav.train.config import TrainConfig
-from scav.train.ddp import DistInfo, cleanup, gather_features, gather_sequences
+from scav.model.gather import gather_features, gather_sequences
+from scav.train.ddp import DistInfo, cleanup
 
 TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidden=24, audio_mlp_hidden=24, dropout=0.0)
 CASES = {
