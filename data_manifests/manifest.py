@@ -188,6 +188,13 @@ def load_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     return rows
 
 
+def format_seconds(x: float) -> str:
+    """Seconds as written to a manifest: ``:g`` (``10``, ``12.5``) when that reads back exactly, else
+    every digit (``:g`` keeps 6 significant digits: 35999.75 would come back as 35999.8)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 def write_manifest(rows: list[ManifestRow], path: str | os.PathLike) -> Path:
     """Write rows as a manifest CSV (atomically: temp file then rename)."""
     path = Path(path)
@@ -201,8 +208,8 @@ def write_manifest(rows: list[ManifestRow], path: str | os.PathLike) -> Path:
         w.writeheader()
         for r in rows:
             d = asdict(r)
-            d["start"] = "" if r.start is None else f"{r.start:g}"
-            d["end"] = "" if r.end is None else f"{r.end:g}"
+            d["start"] = "" if r.start is None else format_seconds(r.start)
+            d["end"] = "" if r.end is None else format_seconds(r.end)
             if with_tracks:
                 d[TRACKS_COLUMN] = format_audio_tracks(r.audio_tracks)
             else:

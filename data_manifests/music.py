@@ -91,10 +91,17 @@ def probe_duration(path: str | os.PathLike) -> float:
         return max(ends)
 
 
-def windows(duration: float, window: float = WINDOW) -> list[tuple[float, float]]:
-    """Non-overlapping ``window``-second ranges from 0; a shorter tail is dropped."""
-    n = int(math.floor(duration / window + 1e-9))
-    return [(k * window, (k + 1) * window) for k in range(n)]
+def windows(duration: float, window: float = WINDOW, hop: float | None = None) -> list[tuple[float, float]]:
+    """``window``-second ranges starting at 0, hop, 2 hop, ... (hop defaults to the window:
+    non-overlapping) that end within ``duration``; a shorter tail is dropped."""
+    if window <= 0 or (hop is not None and hop <= 0):
+        raise ValueError(f"window and hop must be > 0 seconds, got window={window} hop={hop}")
+    if hop is None or hop == window:
+        n = int(math.floor(duration / window + 1e-9))
+        return [(k * window, (k + 1) * window) for k in range(n)]
+    n = max(0, int(math.floor((duration - window) / hop + 1e-9)) + 1)
+    # starts rounded to the microsecond: k * hop in floats is 0.30000000000000004 for 3 x 0.1
+    return [(round(k * hop, 6), round(k * hop + window, 6)) for k in range(n)]
 
 
 def build_music(

@@ -6,15 +6,21 @@ Heavy modules (torch, transformers, zarr) are imported inside the commands so
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, get_type_hints
 
 import typer
 from scav.core.cli import JSON_HELP, VERSION_OPTION, data_console, make_app, write_json
+from scav.core.cli import text as _text
+
+from .config import EncoderSpec, ExtractConfig
 
 app = make_app(
     no_args_is_help=True,
@@ -24,12 +30,15 @@ app = make_app(
         "\b\n"  # click: keep the example lines as written
         "  scav-extract synthetic --out features.zarr       (the generated demo benchmark)\n"
         "  scav-extract MANIFEST.csv --out features.zarr   (a CSV: clip_id,path,start,end,split,label,source)\n"
-        "  scav-extract vggsound --gpus 1                   (data/vggsound/{vggsound.csv,media/})\n"
-        "  scav-extract music --gpus 1                      (data/music/{MUSIC21_solo_videos.json,media/})\n"
+        "  scav-extract DIR --out features.zarr [--window 10 --hop 5]   (every media file under DIR)\n"
+        "  scav-extract vggsound --gpus 1 --beats-ckpt FILE (data/vggsound/{vggsound.csv,media/})\n"
+        "  scav-extract music --gpus 1 --beats-ckpt FILE    (data/music/{MUSIC21_solo_videos.json,media/})\n"
         "  scav-extract inspect features.zarr\n"
         "  scav-extract verify features.zarr [--repair]     (check every chunk; set damaged parts aside)\n\n"
         "Runs resume: clips already in the cache are skipped, so re-running a killed command finishes it. "
-        "Without --clip-weights/--beats-ckpt the parameter-free stand-in encoders (pixels, fbank) are used."
+        "vggsound and music run the paper's encoders (CLIP ViT-B/32, BEATs; docs/WEIGHTS.md) unless --stand-in "
+        "is given; the other commands use the parameter-free stand-ins (pixels, fbank) for an encoder whose "
+        "weights are not given."
     ),
 )
 
@@ -41,82 +50,199 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ENV, "data"))
 
 
-# -- options shared by the extraction commands ----------------------------------
-Out = Annotated[Path, typer.Option("--out", "-o", help="Feature cache to create or extend (Zarr folder).")]
-VideoEnc = Annotated[
-    Optional[str],
-    typer.Option(help="pixels (stand-in) | clip-vit-b32. Default: clip-vit-b32 with --clip-weights, else pixels."),
-]
-AudioEnc = Annotated[
-    Optional[str],
-    typer.Option(help="fbank (stand-in) | beats-iter3-as2m. Default: beats-iter3-as2m with --beats-ckpt, else fbank."),
-]
-ClipWeights = Annotated[
-    Optional[Path],
-    typer.Option(envvar="SCAV_CLIP_DIR", metavar="DIR|REPO_ID",
-                 help="CLIP ViT-B/32: a local folder (transformers format), or a Hugging Face repository id "
-                      "(openai/clip-vit-base-patch32[@revision]) found in the local HF cache; never downloaded. "
-                      "See docs/WEIGHTS.md."),
-]
-BeatsCkpt = Annotated[
-    Optional[Path],
-    typer.Option(envvar="SCAV_BEATS_CKPT", metavar="FILE",
-                 help="BEATs iter3+ AS2M checkpoint (.pt), never downloaded: the paper's "
-                      "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt (classifier head discarded); "
-                      "BEATs_iter3_plus_AS2M.pt is accepted too. See docs/WEIGHTS.md."),
-]
-Gpus = Annotated[int, typer.Option(help="GPUs to use, one worker process each; 0 = one CPU worker.")]
-Scheduler = Annotated[
-    Optional[str],
-    typer.Option(help="Address of an existing dask.distributed scheduler: run shards as tasks on its workers "
-                      "(the cache path must be shared storage)."),
-]
-PartClips = Annotated[Optional[int], typer.Option(help="Clips per committed part (default 256).")]
-DecodeThreads = Annotated[int, typer.Option(help="Decoding threads per encoder when --decode-workers 0.")]
-DecodeWorkers = Annotated[
-    Optional[int],
-    typer.Option(help="Decode processes feeding the encoders through shared memory (default: the cores minus one "
-                      "per GPU; 0: decode in threads of each encoder process, the reference path)."),
-]
-FrameBatch = Annotated[int, typer.Option(help="Video frames per encoder call, gathered across clips.")]
-ClipPreprocess = Annotated[
-    Optional[Literal["pil", "tensor"]],
-    typer.Option(help="CLIP image preprocessing: pil (transformers' PIL processor, per frame on the CPU; "
-                 "the default) or tensor (the same steps as batched torch ops on the encoder's device: the fast GPU "
-                 "path; pixels differ by <= 2 grey levels on < 1 %, so it is a different encoder identity)."),
-]
-Wait = Annotated[
-    float,
-    typer.Option("--wait", metavar="SECONDS",
-                 help="If another run is writing the cache, wait up to this long for it instead of refusing."),
-]
-RetryFailed = Annotated[bool, typer.Option(help="Try again clips recorded as failures by an earlier run.")]
-Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
-JsonOut = Annotated[Optional[str], typer.Option("--json", metavar="PATH", help=JSON_HELP)]
+# -- the options every extraction command shares: one definition ---------------------------
+C = {f.name: f.default for f in fields(ExtractConfig)}  # the run's defaults, never written here again
 
 
-def _encoder_spec(video: str | None, audio: str | None, clip_weights: Path | None, beats_ckpt: Path | None,
-                  clip_preprocess: str | None = None):
-    from .runner import EncoderSpec
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What `manifest`, `DIR` (folder), `vggsound`, `music` and `synthetic` share. Each field is a
+    command-line option (its annotation says how); :func:`extraction_command` adds them all to a command
+    and hands the command one ``ExtractOptions``. Defaults of run settings are ``ExtractConfig``'s."""
 
-    video = video or ("clip-vit-b32" if clip_weights else "pixels")
-    audio = audio or ("beats-iter3-as2m" if beats_ckpt else "fbank")
+    out: Annotated[Path, typer.Option("--out", "-o", help="Feature cache to create or extend (Zarr folder).")] = (
+        Path("features.zarr"))
+    video_encoder: Annotated[Optional[str], typer.Option(
+        help="pixels (stand-in) | clip-vit-b32. Default: clip-vit-b32 with --clip-weights (vggsound, music: "
+             "always, unless --stand-in), else pixels.")] = None
+    audio_encoder: Annotated[Optional[str], typer.Option(
+        help="fbank (stand-in) | beats-iter3-as2m. Default: beats-iter3-as2m with --beats-ckpt (vggsound, "
+             "music: always, unless --stand-in), else fbank.")] = None
+    clip_weights: Annotated[Optional[str], typer.Option(
+        envvar="SCAV_CLIP_DIR", metavar="DIR|REPO_ID",
+        help="CLIP ViT-B/32: a local folder (transformers format), or a Hugging Face repository id "
+             "(default openai/clip-vit-base-patch32[@revision]) loaded as transformers does: downloaded into the "
+             "HF cache on a machine with internet, from that cache when HF_HUB_OFFLINE=1. See docs/WEIGHTS.md.")] = None
+    beats_ckpt: Annotated[Optional[Path], typer.Option(
+        envvar="SCAV_BEATS_CKPT", metavar="FILE",
+        help="BEATs iter3+ AS2M checkpoint (.pt), never downloaded: the paper's "
+             "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt (classifier head discarded); "
+             "BEATs_iter3_plus_AS2M.pt is accepted too. See docs/WEIGHTS.md.")] = None
+    beats_window: Annotated[Optional[float], typer.Option(
+        metavar="SECONDS",
+        help="BEATs runs a long clip window by window, cut on 0.16 s steps; a clip under 1.5 windows runs "
+             "whole [default: 10.24 s = 64 steps: VGGSound's and MUSIC's 10 s clips run whole]. Another value "
+             "is part of the encoder identity.")] = None
+    stand_in: Annotated[bool, typer.Option(
+        "--stand-in",
+        help="vggsound, music: allow the parameter-free stand-ins (pixels, fbank) for an encoder without "
+             "weights, instead of stopping. Their features are for tests and demos, not the paper's.")] = False
+    gpus: Annotated[int, typer.Option(help="GPUs to use, one worker process each; 0 = one CPU worker.")] = 0
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Address of an existing dask.distributed scheduler: run shards as tasks on its workers "
+             "(the cache path must be shared storage).")] = C["scheduler"]
+    part_clips: Annotated[Optional[int], typer.Option(help="Clips per committed part (default 256).")] = C["part_clips"]
+    retry_failed: Annotated[bool, typer.Option(
+        help="Try again clips recorded as failures by an earlier run.")] = C["retry_failed"]
+    decode_threads: Annotated[int, typer.Option(
+        help="Decoding threads per encoder when --decode-workers 0.")] = C["decode_threads"]
+    decode_workers: Annotated[Optional[int], typer.Option(
+        help="Decode processes feeding the encoders through shared memory (default: the cores minus one "
+             "per GPU; 0: decode in threads of each encoder process, the reference path).")] = C["decode_workers"]
+    frame_batch: Annotated[int, typer.Option(
+        help="Most video frames per encoder call (and per chunk a decoder hands over).")] = C["frame_batch"]
+    clip_preprocess: Annotated[Optional[Literal["pil", "tensor"]], typer.Option(
+        help="CLIP image preprocessing: pil (transformers' PIL processor; the default) or tensor (the same "
+             "steps as tensor ops: the fast GPU path; pixels differ by <= 2 grey levels on < 1 %, so it is a "
+             "different encoder identity).")] = None
+    wait: Annotated[float, typer.Option(
+        "--wait", metavar="SECONDS",
+        help="If another run is writing the cache, wait up to this long for it instead of refusing.")] = (
+        C["lock_timeout"])
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = C["progress"]
+    json_path: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help=JSON_HELP)] = None
+
+
+OPTION_NAMES = tuple(f.name for f in fields(ExtractOptions))
+_HINTS = get_type_hints(ExtractOptions, include_extras=True)
+# the same options where other commands take them
+Out, ClipWeights, BeatsCkpt = _HINTS["out"], _HINTS["clip_weights"], _HINTS["beats_ckpt"]
+PartClips, Wait, JsonOut = _HINTS["part_clips"], _HINTS["wait"], _HINTS["json_path"]
+
+
+def extraction_command(name: str):
+    """Register ``fn(<its own parameters>, opts: ExtractOptions)`` as the command ``name``, with every
+    ``ExtractOptions`` field as an option after its own (typer reads the signature built here)."""
+
+    def register(fn):
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
+        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                    annotation=_HINTS[f.name]) for f in fields(ExtractOptions)]
+
+        @functools.wraps(fn)
+        def command(**kw):
+            opts = ExtractOptions(**{k: kw.pop(k) for k in OPTION_NAMES})
+            return fn(**kw, opts=opts)
+
+        del command.__wrapped__  # typer must see the signature below, not fn's
+        command.__signature__ = inspect.Signature(own + shared)
+        command.__annotations__ = {}
+        return app.command(name)(command)
+
+    return register
+
+
+# -- encoders ----------------------------------------------------------------------------------
+STAND_INS = ("pixels", "fbank")
+
+
+def beats_window_steps(seconds: float | None) -> int | None:
+    """--beats-window SECONDS -> whole 0.16 s steps (None: the encoder's default)."""
+    if seconds is None:
+        return None
+    steps = int(seconds * 6.25 + 1e-9)  # 6.25 steps per second (encoders.base.AUDIO_STEPS_PER_SECOND)
+    if steps < 1:
+        raise ValueError(f"--beats-window must be at least one step (0.16 s), got {seconds:g}")
+    return steps
+
+
+def encoder_spec(
+    video: str | None, audio: str | None, clip_weights, beats_ckpt, clip_preprocess: str | None = None,
+    window_steps: int | None = None, paper: str | None = None,
+) -> EncoderSpec:
+    """The encoders to run. Unnamed: the real one where its weights are given, else the stand-in; with
+    ``paper`` (the dataset command's name) always the real ones — a stand-in there is refused."""
+    video = video or ("clip-vit-b32" if clip_weights or paper else "pixels")
+    audio = audio or ("beats-iter3-as2m" if beats_ckpt or paper else "fbank")
+    if paper:
+        stand = [n for n in (video, audio) if n in STAND_INS]
+        if stand:
+            raise ValueError(f"{paper} runs the paper's encoders; {' and '.join(stand)} "
+                             f"{'is a stand-in' if len(stand) == 1 else 'are stand-ins'}: add --stand-in to use "
+                             f"{'it' if len(stand) == 1 else 'them'} anyway (features for tests and demos)")
+        if audio == "beats-iter3-as2m" and not beats_ckpt:
+            raise FileNotFoundError(beats_steps(paper))
     return EncoderSpec(
         video=video,
         audio=audio,
-        video_weights=str(clip_weights) if clip_weights and video != "pixels" else None,
-        audio_weights=str(beats_ckpt) if beats_ckpt and audio != "fbank" else None,
+        video_weights=str(clip_weights) if clip_weights and video not in STAND_INS else None,
+        audio_weights=str(beats_ckpt) if beats_ckpt and audio not in STAND_INS else None,
         video_preprocess=clip_preprocess,
+        audio_window=window_steps if audio not in STAND_INS else None,
     )
 
 
-def _extract(cfg, json_path: str | None) -> dict:
+def beats_steps(command: str) -> str:
+    """What to do when the BEATs checkpoint is missing: the exact steps (docs/WEIGHTS.md)."""
+    from .encoders.base import BEATS_PAPER_CKPT
+
+    return (
+        f"{command} runs the paper's encoders and needs the BEATs checkpoint, which SCAV never downloads. "
+        f"Get it once:\n"
+        f"  1. open https://github.com/microsoft/unilm/tree/master/beats and copy the link "
+        f"\"Fine-tuned BEATs_iter3+ (AS2M) (cpt2)\"\n"
+        f"  2. curl -L -o {BEATS_PAPER_CKPT} \"<that link>\"\n"
+        f"  3. scav-extract {command} --beats-ckpt {BEATS_PAPER_CKPT} ...   (or export SCAV_BEATS_CKPT=...)\n"
+        f"CLIP ViT-B/32 (--clip-weights, default openai/clip-vit-base-patch32) comes from the Hugging Face hub "
+        f"on first use (offline machines: docs/WEIGHTS.md). Or add --stand-in for parameter-free stand-in "
+        f"features (tests and demos only)."
+    )
+
+
+def check_weights(spec: EncoderSpec, command: str) -> None:
+    """Stop before anything is decoded when the real encoders' weights are not at hand: the BEATs file
+    must exist; a CLIP repository id is fetched now (or found in the HF cache) rather than in a worker."""
+    if spec.audio == "beats-iter3-as2m":
+        if spec.audio_weights is None:
+            raise FileNotFoundError(beats_steps(command))
+        if not Path(spec.audio_weights).expanduser().is_file():
+            raise FileNotFoundError(f"BEATs checkpoint not found: {spec.audio_weights}\n" + beats_steps(command))
+    if spec.video == "clip-vit-b32":
+        from .encoders.clip import _resolve_clip_dir
+
+        _resolve_clip_dir(spec.video_weights)
+
+
+def _spec(opts: ExtractOptions, paper: str | None = None, command: str = "manifest") -> EncoderSpec:
+    spec = encoder_spec(
+        opts.video_encoder, opts.audio_encoder, opts.clip_weights, opts.beats_ckpt, opts.clip_preprocess,
+        beats_window_steps(opts.beats_window), paper=None if opts.stand_in else paper,
+    )
+    check_weights(spec, paper or command)
+    return spec
+
+
+def _config(opts: ExtractOptions, encoders: EncoderSpec, manifest: Path | None = None, **kw) -> ExtractConfig:
+    from .config import devices_for_gpus
+
+    return ExtractConfig(
+        manifest=manifest, out=opts.out, encoders=encoders, devices=devices_for_gpus(opts.gpus),
+        scheduler=opts.scheduler, part_clips=opts.part_clips, retry_failed=opts.retry_failed,
+        decode_threads=opts.decode_threads, decode_workers=opts.decode_workers, frame_batch=opts.frame_batch,
+        lock_timeout=opts.wait, progress=opts.progress, **kw,
+    )
+
+
+# -- running and printing ----------------------------------------------------------------------
+
+
+def _extract(cfg: ExtractConfig, json_path: str | None) -> dict:
     from rich.console import Console
 
     from .runner import run
 
     err = Console(stderr=True)
-    stand_ins = [n for n in (cfg.encoders.video, cfg.encoders.audio) if n in ("pixels", "fbank")]
+    stand_ins = [n for n in (cfg.encoders.video, cfg.encoders.audio) if n in STAND_INS]
     if stand_ins:
         err.print(
             f"[yellow]Using stand-in encoder(s) {', '.join(stand_ins)}: parameter-free features for tests and "
@@ -126,6 +252,9 @@ def _extract(cfg, json_path: str | None) -> dict:
     if json_path != "-":
         print_run_summary(summary)
     write_json(json_path, summary)
+    if summary.get("all_failed"):
+        typer.echo(f"error: every clip failed ({summary['failed']}); nothing was extracted", err=True)
+        raise typer.Exit(1)
     return summary
 
 
@@ -134,15 +263,21 @@ def print_run_summary(summary: dict) -> None:
 
     con = data_console()  # data strings (ids, paths, labels) are never read as markup
     t = Table(title="scav-extract", show_header=False)
-    t.add_row("encoders", f"video={summary['encoders']['video']}  audio={summary['encoders']['audio']}")
-    t.add_row("clips requested", str(summary["requested"]))
-    t.add_row("already in cache (skipped)", str(summary["already_present"]))
-    t.add_row("extracted", str(summary["extracted"]))
+    rows = [
+        ("encoders", f"video={summary['encoders']['video']}  audio={summary['encoders']['audio']}"),
+        ("clips requested", summary["requested"]),
+        ("already in cache (skipped)", summary["already_present"]),
+        ("extracted", summary["extracted"]),
+    ]
+    if summary.get("clipped_to_file_end"):
+        rows.append(("window past the file end (stored to the end decoded)", summary["clipped_to_file_end"]))
     by = ", ".join(f"{k}: {v}" for k, v in summary["failed_by_stage"].items())
-    t.add_row("failed", f"{summary['failed']}" + (f"  ({by})" if by else ""))
-    t.add_row("time", f"{summary['seconds']:.1f} s, {summary['clips_per_s']:.2f} clips/s")
+    rows.append(("failed", f"{summary['failed']}" + (f"  ({by})" if by else "")))
+    rows.append(("time", f"{summary['seconds']:.1f} s, {summary['clips_per_s']:.2f} clips/s"))
     cache = summary["cache"]
-    t.add_row("cache", f"{cache['path']}: {cache['clips']} clips, splits {cache['splits']}")
+    rows.append(("cache", f"{cache['path']}: {cache['clips']} clips, splits {cache['splits']}"))
+    for key, value in rows:
+        t.add_row(key, _text(value))
     con.print(t)
     if summary["failures"]:
         _print_failures(con, summary["failures"])
@@ -155,65 +290,15 @@ def _print_failures(con, failures: list[dict], limit: int = 50) -> None:
     for col in ("clip_id", "stage", "reason", "path"):
         t.add_column(col, overflow="fold")
     for f in failures[:limit]:
-        t.add_row(f["clip_id"], f["stage"], f["reason"], f["path"])
+        t.add_row(*(_text(f[k]) for k in ("clip_id", "stage", "reason", "path")))
     if len(failures) > limit:
         t.add_row("...", "", f"{len(failures) - limit} more (scav-extract inspect --json -)", "")
     con.print(t)
 
 
-def _config(manifest, out, rows=None, **kw):
-    from .runner import ExtractConfig, devices_for_gpus
-
-    gpus = kw.pop("gpus")
-    progress = kw.pop("progress")
-    return ExtractConfig(
-        manifest=manifest, out=out, rows=rows, devices=devices_for_gpus(gpus), progress=progress, **kw
-    )
-
-
-# -- commands -------------------------------------------------------------------
-
-
-@app.command("manifest")
-def manifest_cmd(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV (header clip_id,path,start,end,split,label,source).")],
-    out: Out = Path("features.zarr"),
-    media_root: Annotated[
-        Optional[Path], typer.Option(help="Folder that relative media paths are resolved against (default: the manifest's folder).")
-    ] = None,
-    video_encoder: VideoEnc = None,
-    audio_encoder: AudioEnc = None,
-    clip_weights: ClipWeights = None,
-    beats_ckpt: BeatsCkpt = None,
-    gpus: Gpus = 0,
-    scheduler: Scheduler = None,
-    part_clips: PartClips = None,
-    split: Annotated[Optional[str], typer.Option(help="Extract only the manifest rows of this split.")] = None,
-    as_split: Annotated[Optional[str], typer.Option(help="Store the extracted clips under this split name.")] = None,
-    retry_failed: RetryFailed = False,
-    decode_threads: DecodeThreads = 2,
-    decode_workers: DecodeWorkers = None,
-    frame_batch: FrameBatch = 1024,
-    clip_preprocess: ClipPreprocess = None,
-    wait: Wait = 0.0,
-    progress: Progress = True,
-    json_path: JsonOut = None,
-) -> None:
-    """Extract the clips of a manifest CSV (also: `scav-extract MANIFEST.csv ...`)."""
-    cfg = _config(
-        manifest, out, media_root=media_root,
-        encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
-        gpus=gpus, scheduler=scheduler, part_clips=part_clips, split=split, as_split=as_split,
-        retry_failed=retry_failed, decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
-        lock_timeout=wait, progress=progress,
-    )
-    _guard(lambda: _extract(cfg, json_path))
-
-
-def _dataset_cmd(name: str, result, out: Path, **kw) -> None:
-    """Write the builder's manifest + missing-media report next to the cache, then extract."""
-
-    folder = Path(str(out) + ".manifests")
+def _extract_built(name: str, result, opts: ExtractOptions, spec: EncoderSpec, **kw) -> dict:
+    """Write a builder's manifest + missing-media report next to the cache, then extract it."""
+    folder = Path(str(opts.out) + ".manifests")
     manifest, report = result.write(folder, name)
     data_console(stderr=True).print(
         f"{name}: {len(result.rows)} clips with media, {len(result.missing)} missing/unreadable "
@@ -221,15 +306,74 @@ def _dataset_cmd(name: str, result, out: Path, **kw) -> None:
     )
     if not result.rows:
         raise typer.Exit(1)
-    json_path = kw.pop("json_path")
-    cfg = _config(manifest, out, media_root=result.media_root, **kw)
-    summary = _guard(lambda: _extract(cfg, json_path))
-    if json_path != "-":
+    summary = _guard(lambda: _extract(_config(opts, spec, manifest, media_root=result.media_root, **kw),
+                                      opts.json_path))
+    if opts.json_path != "-":
         typer.echo(f"missing media: {len(result.missing)} (see {report})")
     return summary
 
 
-@app.command("vggsound")
+# -- commands ----------------------------------------------------------------------------------
+
+Window = Annotated[Optional[float], typer.Option(
+    metavar="SECONDS", help="Cut each whole file into clips of this many seconds (a shorter tail is dropped, "
+                            "as MUSIC's 10 s windows); ids become ID@START.")]
+Hop = Annotated[Optional[float], typer.Option(
+    metavar="SECONDS", help="With --window: seconds between window starts (default: the window, no overlap).")]
+
+
+@extraction_command("manifest")
+def manifest_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV (header clip_id,path,start,end,split,label,source).")],
+    media_root: Annotated[
+        Optional[Path], typer.Option(help="Folder that relative media paths are resolved against (default: the manifest's folder).")
+    ] = None,
+    split: Annotated[Optional[str], typer.Option(help="Extract only the manifest rows of this split.")] = None,
+    as_split: Annotated[Optional[str], typer.Option(help="Store the extracted clips under this split name.")] = None,
+    window: Window = None,
+    hop: Hop = None,
+    *,
+    opts: ExtractOptions,
+) -> None:
+    """Extract the clips of a manifest CSV (also: `scav-extract MANIFEST.csv ...`). With --window, rows
+    without start/end (whole files) are cut into windows; the windowed manifest is written next to the cache."""
+    spec = _guard(lambda: _spec(opts))
+    if window is None:
+        if hop is not None:
+            _fail("--hop needs --window")
+        cfg = _config(opts, spec, manifest, media_root=media_root, split=split, as_split=as_split)
+        _guard(lambda: _extract(cfg, opts.json_path))
+        return
+    from ..data_manifests.folder import window_rows
+    from ..data_manifests.manifest import load_manifest
+
+    base = media_root or manifest.parent
+    result = _guard(lambda: window_rows(load_manifest(manifest), base, window, hop))
+    _extract_built(f"{manifest.stem}_windows", result, opts, spec, split=split, as_split=as_split)
+
+
+@extraction_command("folder")
+def folder_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of media files, searched recursively (also: `scav-extract DIR ...`).")],
+    window: Window = None,
+    hop: Hop = None,
+    split: Annotated[str, typer.Option(help="Split name the clips are stored under.")] = "all",
+    *,
+    opts: ExtractOptions,
+) -> None:
+    """Extract every media file under a folder (.mp4, .mkv, .webm, .mov, .avi, ...; hidden entries skipped),
+    whole or cut into --window clips; clip ids are the relative paths (PATH or PATH@START), labels the
+    files' folders. The manifest built is written next to the cache (<out>.manifests/folder.csv)."""
+    from ..data_manifests.folder import build_folder
+
+    spec = _guard(lambda: _spec(opts))
+    result = _guard(lambda: build_folder(folder, window, hop, split))
+    if not result.rows and not result.missing:
+        _fail(f"no media files under {folder} (looked for .mp4, .mkv, .webm, .mov, .avi, ... ; see --help)")
+    _extract_built("folder", result, opts, spec)
+
+
+@extraction_command("vggsound")
 def vggsound_cmd(
     list_path: Annotated[
         Optional[Path],
@@ -241,26 +385,14 @@ def vggsound_cmd(
         Optional[Path], typer.Option(help="Folder of <ytid>_<start:06d>.mp4 cuts. Default: $SCAV_DATA/vggsound/media.")
     ] = None,
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated: train,test (default: all listed).")] = None,
-    out: Out = Path("features.zarr"),
-    video_encoder: VideoEnc = None,
-    audio_encoder: AudioEnc = None,
-    clip_weights: ClipWeights = None,
-    beats_ckpt: BeatsCkpt = None,
-    gpus: Gpus = 0,
-    scheduler: Scheduler = None,
-    part_clips: PartClips = None,
-    retry_failed: RetryFailed = False,
-    decode_threads: DecodeThreads = 2,
-    decode_workers: DecodeWorkers = None,
-    frame_batch: FrameBatch = 1024,
-    clip_preprocess: ClipPreprocess = None,
-    wait: Wait = 0.0,
-    progress: Progress = True,
-    json_path: JsonOut = None,
+    *,
+    opts: ExtractOptions,
 ) -> None:
-    """Build the VGGSound manifest (splits vggsound-train / vggsound-test) and extract it."""
+    """Build the VGGSound manifest (splits vggsound-train / vggsound-test) and extract it with the paper's
+    encoders (CLIP ViT-B/32 + BEATs: --beats-ckpt is required; or --stand-in)."""
     from ..data_manifests.vggsound import build_vggsound
 
+    spec = _guard(lambda: _spec(opts, paper="vggsound"))
     root = data_root() / "vggsound"
     if list_path is None:
         list_path = root / "vggsound.csv"
@@ -268,15 +400,10 @@ def vggsound_cmd(
             list_path = root / "test.csv"
     media_root = media_root or root / "media"
     result = _guard(lambda: build_vggsound(list_path, media_root, _split_set(splits)))
-    _dataset_cmd(
-        "vggsound", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
-        gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
-        decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
-        lock_timeout=wait, progress=progress, json_path=json_path,
-    )
+    _extract_built("vggsound", result, opts, spec)
 
 
-@app.command("music")
+@extraction_command("music")
 def music_cmd(
     list_path: Annotated[
         Optional[Path],
@@ -286,42 +413,24 @@ def music_cmd(
         Optional[Path], typer.Option(help="Folder of <ytid>.mp4 videos. Default: $SCAV_DATA/music/media.")
     ] = None,
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated: train,test (default: all).")] = None,
-    out: Out = Path("features.zarr"),
-    video_encoder: VideoEnc = None,
-    audio_encoder: AudioEnc = None,
-    clip_weights: ClipWeights = None,
-    beats_ckpt: BeatsCkpt = None,
-    gpus: Gpus = 0,
-    scheduler: Scheduler = None,
-    part_clips: PartClips = None,
-    retry_failed: RetryFailed = False,
-    decode_threads: DecodeThreads = 2,
-    decode_workers: DecodeWorkers = None,
-    frame_batch: FrameBatch = 1024,
-    clip_preprocess: ClipPreprocess = None,
-    wait: Wait = 0.0,
-    progress: Progress = True,
-    json_path: JsonOut = None,
+    *,
+    opts: ExtractOptions,
 ) -> None:
     """Build the MUSIC21-solo manifest (10 s windows; splits music-train / music-test, see
-    data_manifests/README.md for the split rule) and extract it."""
+    data_manifests/README.md for the split rule) and extract it with the paper's encoders (CLIP ViT-B/32 +
+    BEATs: --beats-ckpt is required; or --stand-in)."""
     from ..data_manifests.music import build_music
 
+    spec = _guard(lambda: _spec(opts, paper="music"))
     root = data_root() / "music"
     list_path = list_path or root / "MUSIC21_solo_videos.json"
     media_root = media_root or root / "media"
     result = _guard(lambda: build_music(list_path, media_root, _split_set(splits)))
-    _dataset_cmd(
-        "music", result, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
-        gpus=gpus, scheduler=scheduler, part_clips=part_clips, retry_failed=retry_failed,
-        decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
-        lock_timeout=wait, progress=progress, json_path=json_path,
-    )
+    _extract_built("music", result, opts, spec)
 
 
-@app.command("synthetic")
+@extraction_command("synthetic")
 def synthetic_cmd(
-    out: Out = Path("features.zarr"),
     media_dir: Annotated[
         Optional[Path], typer.Option(help="Where the generated media + manifest go (default: <out>.synthetic).")
     ] = None,
@@ -330,37 +439,22 @@ def synthetic_cmd(
     sources_per_class: Annotated[Optional[int], typer.Option(help="Long source videos per class.")] = None,
     clips_per_source: Annotated[Optional[int], typer.Option(help="Clips cut from each source.")] = None,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Seconds per clip.")] = None,
-    video_encoder: VideoEnc = None,
-    audio_encoder: AudioEnc = None,
-    clip_weights: ClipWeights = None,
-    beats_ckpt: BeatsCkpt = None,
-    gpus: Gpus = 0,
-    part_clips: PartClips = None,
-    decode_threads: DecodeThreads = 2,
-    decode_workers: DecodeWorkers = None,
-    frame_batch: FrameBatch = 1024,
-    clip_preprocess: ClipPreprocess = None,
-    wait: Wait = 0.0,
-    progress: Progress = True,
-    json_path: JsonOut = None,
+    *,
+    opts: ExtractOptions,
 ) -> None:
     """Generate the synthetic audio-visual benchmark (media + manifest) and extract it."""
     from dataclasses import replace
 
     from ..data_manifests.synthetic import SyntheticConfig, build_synthetic
 
+    spec = _guard(lambda: _spec(opts, command="synthetic"))
     overrides = {k: v for k, v in dict(classes=classes, sources_per_class=sources_per_class,
                                        clips_per_source=clips_per_source, clip_seconds=clip_seconds).items()
                  if v is not None}
     syn = replace(SyntheticConfig(), seed=seed, **overrides)
-    media_dir = media_dir or Path(str(out) + ".synthetic")
+    media_dir = media_dir or Path(str(opts.out) + ".synthetic")
     manifest = _guard(lambda: build_synthetic(media_dir, syn))
-    cfg = _config(
-        manifest, out, encoders=_encoder_spec(video_encoder, audio_encoder, clip_weights, beats_ckpt, clip_preprocess),
-        gpus=gpus, part_clips=part_clips, decode_threads=decode_threads, decode_workers=decode_workers, frame_batch=frame_batch,
-        lock_timeout=wait, progress=progress,
-    )
-    _guard(lambda: _extract(cfg, json_path))
+    _guard(lambda: _extract(_config(opts, spec, manifest), opts.json_path))
 
 
 @app.command("inspect")
@@ -392,15 +486,15 @@ def inspect_cmd(
     if json_path == "-":
         return
     con = data_console()  # data strings (ids, paths, labels) are never read as markup
-    t = Table(title=str(cache), show_header=False)
+    t = Table(title=_text(cache), show_header=False)
     for key, value in summary.items():
         if key == "encoders":
             for mod, info in value.items():
                 extra = f" sha256={info['checksum'][:12]}" if info.get("checksum") else ""
-                t.add_row(f"{mod} encoder", f"{info['name']}{' (stand-in)' if info.get('stand_in') else ''} "
-                                            f"dim={info['dim']}{extra}")
+                t.add_row(f"{mod} encoder", _text(f"{info['name']}{' (stand-in)' if info.get('stand_in') else ''} "
+                                                  f"dim={info['dim']}{extra}"))
         else:
-            t.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+            t.add_row(key, _text(json.dumps(value) if isinstance(value, dict) else value))
     con.print(t)
     if failures:
         _print_failures(con, failures)
@@ -435,8 +529,11 @@ def verify_cmd(
             from ..core.cache import FeatureCache
 
             meta = _guard(lambda: FeatureCache.open(cache).meta)
-            cfg = _config(manifest, cache, media_root=media_root, gpus=0, progress=False,
-                          encoders=_encoder_spec(meta.video.name, meta.audio.name, clip_weights, beats_ckpt))
+            # the cache's own encoders, BEATs window included, so the repaired clips match the rest
+            spec = _guard(lambda: encoder_spec(meta.video.name, meta.audio.name, clip_weights, beats_ckpt,
+                                               window_steps=meta.audio.preprocessing.get("window_steps")))
+            _guard(lambda: check_weights(spec, "verify --repair"))
+            cfg = _config(ExtractOptions(out=cache, progress=False), spec, manifest, media_root=media_root)
             from .runner import run
 
             summary = _guard(lambda: run(cfg))
@@ -526,12 +623,19 @@ def _guard(fn):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; ``scav-extract X.csv ...`` means ``scav-extract manifest X.csv ...``."""
+    """Console entry point; ``scav-extract X.csv ...`` means ``scav-extract manifest X.csv ...`` and
+    ``scav-extract DIR ...`` (a folder that is not a command's name) ``scav-extract folder DIR ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].lower().endswith(".csv"):
         argv.insert(0, "manifest")
+    elif argv and not argv[0].startswith("-") and argv[0] not in _command_names() and Path(argv[0]).is_dir():
+        argv.insert(0, "folder")
     logging.basicConfig(level=os.environ.get("SCAV_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     app(args=argv, prog_name="scav-extract")
+
+
+def _command_names() -> set[str]:
+    return {c.name or c.callback.__name__ for c in app.registered_commands}
 
 
 if __name__ == "__main__":

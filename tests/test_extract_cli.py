@@ -133,7 +133,8 @@ def test_vggsound_real_test_list_with_three_media(tmp_path, capsys, monkeypatch)
         tiny_clip(media / n, seconds=0.7, seed=i)
     monkeypatch.chdir(tmp_path)  # defaults: ./data/vggsound/media
     out = tmp_path / "out" / "features.zarr"
-    code = cli("vggsound", "--list", str(lst), "--out", str(out), "--gpus", "0", "--no-progress", "--json", "-")
+    code = cli("vggsound", "--list", str(lst), "--out", str(out), "--gpus", "0", "--no-progress", "--json", "-",
+               "--stand-in")
     assert code == 0
     text = capsys.readouterr().out
     summary = json.loads(text[: text.rindex("}") + 1])
@@ -159,7 +160,7 @@ def test_music_builder_cli(tmp_path, capsys):
                     audio=[AudioSpec(rng.uniform(-0.3, 0.3, (1, int(seconds * 8000))).astype(np.float32), 8000)])
     out = tmp_path / "f.zarr"
     code = cli("music", "--list", str(tmp_path / "music.json"), "--media-root", str(tmp_path / "media"),
-               "--out", str(out), "--no-progress")
+               "--out", str(out), "--no-progress", "--stand-in")
     assert code == 0
     cache = FeatureCache.open(out)
     assert sorted(c.clip_id for c in cache.clips()) == ["cA_000000", "fA_000000", "fA_000010"]
