@@ -39,7 +39,6 @@ class DubsDemoConfig(DemoConfig):
 
     window: float = 3.0  # seconds per quadruplet instance (paper: 3 s)
     same_source_fraction: float = 0.125  # paper, Appendix A: 1/8 of each batch from one source
-    mask_fraction: float = 0.0
     probe_epochs: int = 60
 
     def validate(self) -> None:
@@ -53,13 +52,15 @@ def synthetic_config(cfg: DubsDemoConfig):
 
 
 def train_config(cfg: DubsDemoConfig, cache: Path, out: Path, variant: str):
-    """The pair demo's SCAV recipe, trained on the original track with quadruplets of ``variant``."""
-    from scav.train.config import DubsConfig
+    """The pair demo's SCAV recipe, trained on the original track with quadruplets of ``variant``
+    and the dubs paper's augmentation (DubsConfig's defaults: two windows, aligned for SCAV;
+    audio time and frequency masks of up to 50 %)."""
+    from scav.train import DubsConfig
 
     return dataclasses.replace(
         demo_train_config(cfg, cache, out, "scav"), audio_track=LANGUAGES[0],
         same_source_fraction=cfg.same_source_fraction,
-        dubs=DubsConfig(variant=variant, window=cfg.window, mask_fraction=cfg.mask_fraction))
+        dubs=DubsConfig(variant=variant, window=cfg.window))
 
 
 def evaluate_model(cfg: DubsDemoConfig, cache: Path, ckpt: Path, latents: Path) -> dict:
@@ -162,7 +163,7 @@ def run(cfg: DubsDemoConfig, console=None) -> dict:
     from scav.extract.runner import EncoderSpec, ExtractConfig
     from scav.extract.runner import run as extract_run
 
-    from .pairs import Stages, stage_train_config
+    from .pairs import StageTimer, stage_train_config
 
     cfg.validate()
     console = console or Console(width=max(110, Console().width))
@@ -171,7 +172,7 @@ def run(cfg: DubsDemoConfig, console=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "features-pixels+fbank.zarr"
     t_all = time.perf_counter()
-    st = Stages(console, 6)
+    st = StageTimer(console, 6)
 
     def generate():
         from scav.data_manifests.synthetic import build_synthetic

@@ -67,7 +67,7 @@ class DemoConfig:
 # ----------------------------------------------------------------------------- stages
 
 
-class Stages:
+class StageTimer:
     """Prints '[i/n] name ...' and the time each stage took; keeps the timings."""
 
     def __init__(self, console, n: int):
@@ -171,7 +171,7 @@ def oracle_check(cache_path: Path, split: str = "test") -> dict | None:
 
 def train_config(cfg: DemoConfig, cache: Path, out: Path, kind: str):
     from scav.model.config import ModelConfig, ObjectiveConfig
-    from scav.train.config import TrainConfig
+    from scav.train import TrainConfig
 
     return TrainConfig(
         cache=str(cache), out=str(out), split="train", val_clips=cfg.val_clips, val_every=cfg.val_every,
@@ -191,7 +191,7 @@ def stage_train(cfg: DemoConfig, cache: Path, run_dir: Path, kind: str, console)
 def stage_train_config(tcfg, console) -> Path:
     """Train ``tcfg`` (a TrainConfig), or reuse ``averaged.pt`` of a finished run with the same
     config in ``tcfg.out``; resume an interrupted one."""
-    from scav.train.loop import run
+    from scav.train import run
 
     run_dir, kind = Path(tcfg.out), tcfg.objective.kind
     done = run_dir / "averaged.pt"
@@ -355,7 +355,7 @@ def run(cfg: DemoConfig, console=None) -> dict:
     cache = out / f"features-{tag}.zarr"
     runs = out / f"runs-{tag}"
     t_all = time.perf_counter()
-    st = Stages(console, 6)
+    st = StageTimer(console, 6)
     manifest = st.run("generate the synthetic benchmark", stage_generate, cfg, out)
     extract = st.run(f"extract features ({tag})", stage_extract, cfg, manifest, cache)
     console.print(f"encoders: video={extract['encoders']['video']}, audio={extract['encoders']['audio']}")

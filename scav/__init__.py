@@ -1,8 +1,10 @@
 """SCAV: sequential contrastive audio-visual learning.
 
-The pipeline stages live in subpackages that never import back up the pipeline:
-``scav.core`` (cache schema and reader) <- ``scav.extract`` (writes the cache),
-``scav.train`` (reads it) <- ``scav.retrieve`` (reads it and a trained model).
+Every top-level folder X of the repository is the package ``scav.X`` (pyproject's
+package-dir). Layers, bottom to top (docs/DESIGN.md; pyproject's [tool.importlinter] is the
+contract and tests/test_layers.py checks it): ``core`` | ``sequence``, then ``model`` |
+``data_manifests``, then ``extract``, then the apps ``train`` | ``retrieve`` | ``probe`` |
+``dub``, then ``demo``. A module imports only from layers below its own.
 """
 
 __version__ = "0.1.0"
