@@ -18,7 +18,7 @@ import numpy as np
 
 from .audio_io import original_index, read_audio, write_wav
 from .config import DubConfig, MediaInfo
-from .languages import language_tag
+from .languages import same_language
 from .plan import MediaJob
 from .records import MEDIA_DIR
 from .registry import bind_stages
@@ -176,14 +176,6 @@ def check_language(cfg: DubConfig, original, new, speech: np.ndarray, background
     }
 
 
-def _tag(tag: str | None) -> str:
-    """A track's language in the form targets have ('' when untagged or not a language tag)."""
-    try:
-        return language_tag(tag) if tag else ""
-    except ValueError:
-        return str(tag).lower()
-
-
 def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path, out_path: Path,
               previous: dict | None = None) -> dict:
     """Dub one media file to ``out_path``; returns its record (raises StageError on failure).
@@ -207,15 +199,15 @@ def dub_media(job: MediaJob, stages: DubStages, cfg: DubConfig, media_root: Path
         except DecodeError as e:
             raise StageError("decode", f"{e.stage}: {e.reason}") from None
     # an earlier run's dub in one of this run's targets is made again: its stream is not copied
-    drop = [k for k, t in enumerate(tracks) if kept and not t.original and _tag(t.language) in cfg.targets]
+    drop = [k for k, t in enumerate(tracks) if kept and not t.original and any(same_language(t.language, x) for x in cfg.targets)]
     tracks = [t for k, t in enumerate(tracks) if k not in drop]
     k_orig = original_index(tracks)
     original = tracks[k_orig]
-    have = {_tag(t.language) for t in tracks} | {_tag(t.language) for r in job.rows for t in r.audio_tracks}
+    have = [t.language for t in tracks] + [t.language for r in job.rows for t in r.audio_tracks]
     if any(t.original for r in job.rows for t in r.audio_tracks):
         raise StageError("plan", "the manifest marks an original track in a separate file; scav-dub reads the "
                                  "original from the media file itself (mux that track into it first)")
-    present = [t for t in cfg.targets if t in have]
+    present = [t for t in cfg.targets if any(same_language(t, h) for h in have)]
     if present:
         raise StageError("plan", f"the file already has a track in {', '.join(present)}; drop that --target")
     x = np.asarray(original.samples, np.float32)

@@ -43,6 +43,24 @@ def language_tag(tag: str) -> str:
     return _BIBLIOGRAPHIC.get(t, t)
 
 
+def tag_or_none(tag: str | None) -> str | None:
+    """:func:`language_tag` of ``tag``, or None when it is empty or not a language tag (an untagged or
+    oddly tagged track)."""
+    try:
+        return language_tag(tag) if tag else None
+    except ValueError:
+        return None
+
+
+def same_language(a: str | None, b: str | None) -> bool:
+    """True when two tags name one language ('fr', 'fre', 'FRA'); tags that are not language tags
+    compare as written, ignoring case."""
+    if a is None or b is None:
+        return a is b
+    ta, tb = tag_or_none(a), tag_or_none(b)
+    return ta == tb if ta and tb else str(a).strip().lower() == str(b).strip().lower()
+
+
 def iso639_1(tag: str) -> str | None:
     """Two-letter form of a language tag (what Whisper's language tokens use), None if it has none."""
     return ISO639_1.get(language_tag(tag))

@@ -28,7 +28,7 @@ import numpy as np
 
 from .plugins import from_pretrained, optional_import, pretrained_source, resample
 from .stages import Audio, Segment, StageError
-from .languages import iso639_1, language_tag
+from .languages import iso639_1, language_tag, tag_or_none
 from .translate import script_vocabulary
 
 VAD_RATE = 16000  # webrtcvad takes 8/16/32/48 kHz; one rate keeps its behaviour the same everywhere
@@ -273,7 +273,7 @@ class WhisperTranscriber:
             ids = self._generate(pieces, language, timestamps=False, stage="transcribe")
             for k, t in zip(owner, self.processor.batch_decode(ids, skip_special_tokens=True)):
                 texts[k].append(t.strip())
-        lang = _tag_or_none(language)
+        lang = tag_or_none(language)
         return [replace(seg, text=" ".join(t for t in texts[k] if t), language=lang or seg.language)
                 for k, seg in enumerate(segments)]
 
@@ -283,7 +283,7 @@ class WhisperTranscriber:
             return []
         pieces = self._pieces(x)
         ids = self._generate([p for _, p in pieces], language, timestamps=True, stage="segment")
-        lang = _tag_or_none(language)
+        lang = tag_or_none(language)
         out = []
         for (t0, piece), seq in zip(pieces, ids):
             decoded = self.processor.tokenizer.decode(seq.tolist(), skip_special_tokens=True, output_offsets=True)
@@ -297,8 +297,3 @@ class WhisperTranscriber:
         return out
 
 
-def _tag_or_none(language: str | None) -> str | None:
-    try:
-        return language_tag(language) if language else None
-    except ValueError:
-        return None

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .languages import same_language
 from .plugins import fit_length, local_file, optional_import, resample
 from .stages import Audio, MissingWeights, StageError, Stems
 
@@ -66,7 +67,7 @@ class SyntheticMedia:
         if tag is None:
             return self.languages[0]
         for lang in self.languages:
-            if lang.lower() == str(tag).lower():
+            if same_language(lang, tag):
                 return lang
         raise StageError(stage, f"{self.plan.name} has no '{tag}' track; its tracks are {', '.join(self.languages)}")
 

@@ -24,7 +24,7 @@ import os
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from .languages import language_tag
+from .languages import tag_or_none
 from .plugins import optional_import
 from .stages import Audio, Segment, StageError
 
@@ -61,13 +61,6 @@ def read_cues(path: str | os.PathLike, language: str | None = None, stage: str =
     return sorted(out, key=lambda s: (s.start, s.end))
 
 
-def _tag(language: str | None) -> str | None:
-    try:
-        return language_tag(language) if language else None
-    except ValueError:
-        return None
-
-
 class Subtitles:
     """Segmenter and transcriber from a folder of subtitle files (module docstring)."""
 
@@ -95,14 +88,14 @@ class _MediaSubtitles:
         self.path = path
 
     def segment(self, speech: Audio, language: str | None) -> list[Segment]:
-        return read_cues(self.path, _tag(language), "segment")
+        return read_cues(self.path, tag_or_none(language), "segment")
 
     def transcribe(self, speech: Audio, segments: list[Segment], language: str | None) -> list[Segment]:
         texts: list[list[str]] = [[] for _ in segments]
-        for cue in read_cues(self.path, _tag(language), "transcribe"):
+        for cue in read_cues(self.path, tag_or_none(language), "transcribe"):
             overlaps = [min(cue.end, s.end) - max(cue.start, s.start) for s in segments]
             k = max(range(len(segments)), key=overlaps.__getitem__, default=None)
             if k is not None and overlaps[k] > 0:
                 texts[k].append(cue.text)
-        lang = _tag(language)
+        lang = tag_or_none(language)
         return [replace(s, text=" ".join(t), language=lang or s.language) for s, t in zip(segments, texts)]

@@ -252,6 +252,12 @@ def test_language_tags():
     for bad in ("e", "english", "xx", "e1"):
         with pytest.raises(ValueError):
             language_tag(bad)
+    from scav.dub.languages import is_stored_tag, same_language, tag_or_none
+
+    assert [tag_or_none(t) for t in ("fr", "und", "english", "", None)] == ["fra", "und", None, None, None]
+    assert same_language("fre", "FRA") and same_language("de", "deu") and not same_language("fra", "deu")
+    assert same_language("Klingon-1", "klingon-1") and not same_language(None, "eng") and same_language(None, None)
+    assert is_stored_tag("fra") and not is_stored_tag("fr") and not is_stored_tag("FRA") and not is_stored_tag(None)
 
 
 # -- the spectral-mask separator ---------------------------------------------------------------
