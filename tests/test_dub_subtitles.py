@@ -20,6 +20,8 @@ from scav.dub.cli import app
 from scav.dub.stages import Audio, Segment, StageError
 from scav.dub.subtitles import Subtitles, read_cues, subtitle_candidates
 
+pytest.importorskip("pysubs2", reason="pysubs2 (scav's [dub] extra) reads the subtitle files")
+
 SR = 16000
 SRT = """1
 00:00:00,500 --> 00:00:01,900
