@@ -127,20 +127,31 @@ def audio_steps(n_samples: int) -> int:
     return (1 + (n_samples - FBANK_WIN) // FBANK_HOP) // FRAMES_PER_STEP
 
 
-def _check_audio(samples: np.ndarray) -> np.ndarray:
+def check_piece(samples: np.ndarray) -> np.ndarray:
+    """Samples of a clip, or one piece of them: (n,) finite -> float32 (EncodeError otherwise)."""
     x = np.asarray(samples)
     if x.ndim != 1:
         raise EncodeError("encode", f"audio must be (N,) mono samples, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise EncodeError("encode", "audio has NaN or infinite samples")
-    if audio_steps(len(x)) == 0:
-        need = FBANK_WIN + (FRAMES_PER_STEP - 1) * FBANK_HOP
-        raise EncodeError(
-            "encode",
-            f"audio too short for one step: {len(x)} samples ({len(x) / AUDIO_RATE:.3f} s), "
-            f"need >= {need} ({need / AUDIO_RATE:.3f} s)",
-        )
     return x.astype(np.float32, copy=False)
+
+
+def too_short(n_samples: int) -> EncodeError:
+    """The error for a clip of ``n_samples`` that makes no step."""
+    need = FBANK_WIN + (FRAMES_PER_STEP - 1) * FBANK_HOP
+    return EncodeError(
+        "encode",
+        f"audio too short for one step: {n_samples} samples ({n_samples / AUDIO_RATE:.3f} s), "
+        f"need >= {need} ({need / AUDIO_RATE:.3f} s)",
+    )
+
+
+def _check_audio(samples: np.ndarray) -> np.ndarray:
+    x = check_piece(samples)
+    if audio_steps(len(x)) == 0:
+        raise too_short(len(x))
+    return x
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:

@@ -21,16 +21,11 @@ from .base import (
     _check_audio,
     _checked,
     audio_steps,
-)
-from .clip import _jsonable
-from .fbank import (
-    FBANK_PREPROCESSING,
-    STEP_SAMPLES,
-    SampleBuffer,
     check_piece,
-    step_span,
     too_short,
 )
+from .clip import _jsonable
+from .fbank import FBANK_PREPROCESSING, STEP_SAMPLES, SampleBuffer, step_span
 
 # BEATs was trained on 10 s clips and its attention is quadratic in length: a clip runs in
 # windows of W steps. 64 steps = 10.24 s, so VGGSound's 10 s clips (10.0-10.1 s decoded: 62-63

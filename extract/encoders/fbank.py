@@ -20,9 +20,10 @@ from .base import (
     FBANK_HOP,
     FBANK_WIN,
     FRAMES_PER_STEP,
-    EncodeError,
     _EachAlone,
     audio_steps,
+    check_piece,
+    too_short,
 )
 
 log = logging.getLogger(__name__)
@@ -87,24 +88,6 @@ class SampleBuffer:
             else:
                 self._parts[0] = first[n:]
                 n = 0
-
-
-def check_piece(piece: np.ndarray) -> np.ndarray:
-    """One piece of a clip's 16 kHz mono samples: (n,) finite -> float32 (EncodeError otherwise)."""
-    x = np.asarray(piece)
-    if x.ndim != 1:
-        raise EncodeError("encode", f"audio must be (N,) mono samples, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise EncodeError("encode", "audio has NaN or infinite samples")
-    return x.astype(np.float32, copy=False)
-
-
-def too_short(n: int) -> EncodeError:
-    need = step_span(1)
-    return EncodeError(
-        "encode",
-        f"audio too short for one step: {n} samples ({n / AUDIO_RATE:.3f} s), need >= {need} ({need / AUDIO_RATE:.3f} s)",
-    )
 
 
 def fbank_step_blocks(chunks: Iterable[np.ndarray], block_steps: int = FBANK_BLOCK_STEPS) -> Iterator[torch.Tensor]:  # noqa: F821
