@@ -1,15 +1,18 @@
 """The scav-dub pipeline: media files -> the same files with new, dub-like audio tracks.
 
 Dubs paper §6, Fig. 5. The unit of work is one **media file** (every manifest row that
-uses it: clips are windows of one file). For each file, one fixed sequence::
+uses it: clips are windows of one file). This module runs the files (resume, records, report);
+one file is dubbed by dub/dubbing.py, its plan and output place come from dub/plan.py, the
+stages from dub/registry.py. For each file, one fixed sequence::
 
     skip if done -> decode the original track -> separate speech / background
     -> segment (+ transcribe) -> per target language, per segment:
          translate -> synthesize -> stretch to the segment's duration
          -> convert the voice towards the original segment -> match it to the original segment
        placed at the segment's original start in a silent track of the original's length
-    -> remix with the background -> mux (every original stream copied, one AAC dub per
-       language) -> check (dub/quality.py, on the tracks read back from the new file)
+    -> remix with the background at the original track's loudness (dub/loudness.py)
+    -> mux (every original stream copied, one AAC dub per language)
+    -> check (dub/quality.py, on the tracks read back from the new file)
     -> record
 
 - **Original track**: the container's audio stream that extract/decode.py calls original
