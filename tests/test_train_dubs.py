@@ -15,7 +15,7 @@ from scav.core.loader import Batch
 from scav.core.schema import AudioTrack, CacheLayout, ClipInfo, EncoderInfo
 from scav.model.network import SCAVModel
 from scav.model.objective import compute_loss, compute_quad_loss
-from scav.train import loop
+from scav.train import ddp, feed, loop
 from scav.model.config import ModelConfig, ObjectiveConfig
 from scav.train.config import DubsConfig, TrainConfig
 from scav.train.ddp import DistInfo, cleanup
@@ -25,11 +25,11 @@ TINY = ModelConfig(c=16, video_layers=1, audio_layers=1, heads=2, video_mlp_hidd
 LANGS = ("eng", "spa", "fra")
 
 
-def _record(i: int, split: str, rng) -> ClipRecord:
-    """A clip of 2-3 s at 10 fps with audio = video resampled through a fixed map; dubs add
-    their own 'speech' (a track-specific offset pattern); every 4th clip has no dub."""
+def _record(i: int, split: str, rng, rate: float = 6.25) -> ClipRecord:
+    """A clip of 2-3 s at 10 fps with audio (``rate`` steps/s) = video resampled through a fixed
+    map; dubs add their own 'speech' (a track-specific offset pattern); every 4th clip has no dub."""
     t = 20 + i % 11
-    s = int(round(t / 10 * 6.25))
+    s = int(round(t / 10 * rate))
     video = rng.standard_normal((t, DV))
     base = np.stack([np.interp(np.linspace(0, t - 1, s), np.arange(t), video[:, d]) for d in range(DA)], 1)
     langs = LANGS[:1] if i % 4 == 3 else LANGS
@@ -177,7 +177,7 @@ def test_two_process_quadruplet_loss_equals_single_process(tmp_path):
 @pytest.mark.parametrize("variant,extra", [
     ("monolingual", {}),
     ("bilingual", {"language": "spa"}),
-    ("multilingual", {"lambda_v": 0.5, "lambda_a": 0.5, "mask_fraction": 0.3}),
+    ("multilingual", {"lambda_v": 0.5, "lambda_a": 0.5, "video_time_mask": 0.3}),
     ("audio-only", {"lambda_a": 1.0}),
 ])
 def test_every_variant_trains(cache, tmp_path, variant, extra):
@@ -188,6 +188,9 @@ def test_every_variant_trains(cache, tmp_path, variant, extra):
     keys = set(train[-1])
     assert ("scav_quad_loss" in keys) == (variant != "audio-only")
     assert ("scav_within_audio_loss" in keys) == (extra.get("lambda_a", 0) > 0)
+    # the within-modal terms are logged whatever their weight (lambda 0: computed without gradient)
+    assert {"scav_within_audio", "scav_within_video"} <= keys
+    assert "lambda" in keys and "tau" not in keys  # SCAV's temperature only
     assert (out / "averaged.pt").is_file()
 
 
@@ -197,10 +200,11 @@ def test_cav_variant_trains_and_tracks_within_modal_terms(cache, tmp_path):
     last = [e for e in _events(out) if e["event"] == "train"][-1]
     # not trained (lambda 0) but logged, as the paper tracks them
     assert "cav_quad_loss" in last and "cav_within_audio" in last and "cav_within_video" in last
+    assert "tau" in last and "lambda" not in last
 
 
 def test_dub_training_resumes_exactly(cache, tmp_path, monkeypatch):
-    kw = dict(steps=10, same_source_fraction=0.25, dubs={"mask_fraction": 0.2})
+    kw = dict(steps=10, same_source_fraction=0.25, dubs={"video_time_mask": 0.2})  # masks on every view
     loop.run(_cfg(cache, tmp_path / "full", **kw))
     real = loop.compute_quad_loss
     calls = {"n": 0}
@@ -245,10 +249,84 @@ def test_cli_passes_the_dub_options(cache, tmp_path):
         "--cache", str(cache), "--out", str(out), "--steps", "2", "--batch-size", "8", "--val-clips", "4",
         "--val-every", "2", "--warmup", "1", "--c", "16", "--video-layers", "1", "--audio-layers", "1",
         "--heads", "2", "--dubs", "bilingual", "--dub-language", "fra", "--dub-window", "1.5",
-        "--same-source", "0.25", "--lambda-a", "0.5", "--device", "cpu"])
+        "--same-source", "0.25", "--lambda-a", "0.5", "--dub-windows", "same", "--audio-time-mask", "0.25",
+        "--video-time-mask", "0.1", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "config.json").read_text())
     assert saved["dubs"]["variant"] == "bilingual" and saved["dubs"]["language"] == "fra"
     assert saved["same_source_fraction"] == 0.25 and saved["dubs"]["lambda_a"] == 0.5
+    assert saved["dubs"]["windows"] == "same" and saved["dubs"]["audio_time_mask"] == 0.25
+    assert saved["dubs"]["video_time_mask"] == 0.1 and saved["dubs"]["audio_freq_mask"] is None
+    # this cache's audio features record no frequency layout: an explicit frequency mask is refused
+    bad = CliRunner().invoke(app, ["--cache", str(cache), "--out", str(tmp_path / "f"), "--dubs", "monolingual",
+                                   "--audio-freq-mask", "0.5", "--batch-size", "8", "--val-clips", "4"])
+    assert bad.exit_code == 2 and "records no frequency layout" in bad.output
     bad = CliRunner().invoke(app, ["--cache", str(cache), "--out", str(tmp_path / "x"), "--dubs", "bilingual"])
     assert bad.exit_code == 2 and "bilingual" in bad.output
+
+
+# -- the paper's augmentation by default --------------------------------------------------------
+
+
+def _fed(cfg, n: int = 3):
+    """The first ``n`` batches the training feed prepares for ``cfg`` (CPU, inline)."""
+    t = loop.setup(cfg, torch.device("cpu"), ddp.DistInfo())
+    f = feed.BatchFeed(t, ahead=False)
+    out = []
+    for _ in range(n):
+        out.append(f.next()[2])
+        t.state.step += 1
+    f.close()
+    return t, out
+
+
+@pytest.mark.parametrize("objective", [ObjectiveConfig(kind="scav", interp="post", resample="audio"),
+                                       ObjectiveConfig(kind="cav", interp="post")])
+def test_monolingual_control_feeds_two_differently_augmented_views(cache, tmp_path, objective):
+    """The paper's control: the same track, yet v_s != v_p and a_s != a_p (two windows; the
+    audio masked independently in each view), through the loader and the feed."""
+    t, batches = _fed(_cfg(cache, tmp_path / "mono", "monolingual", objective=objective))
+    assert t.masks.audio_time == 0.5 and t.masks.video_time == 0.0
+    n = v_same = a_same = 0
+    for q in batches:
+        p, s = q.primary, q.secondary
+        assert p.tracks == s.tracks  # one track, twice
+        for i in range(len(q)):
+            n += 1
+            v_same += p.video_mask[i].sum() == s.video_mask[i].sum() and torch.equal(p.video[i], s.video[i])
+            a_same += p.audio_mask[i].sum() == s.audio_mask[i].sum() and torch.equal(p.audio[i], s.audio[i])
+    # clips of 2-3 s, windows of 1.5 s: two windows start in the same video step now and then
+    assert n == 24 and v_same <= 6 and a_same <= 3
+
+
+def test_windows_follow_the_caches_audio_rate(tmp_path):
+    """A cache that records 12.5 audio steps/s: 1.5 s windows hold round(1.5 x 12.5) = 19 audio
+    steps (the former constant 6.25 gave 9)."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "fast.zarr"
+    meta = new_meta(EncoderInfo("pixels", DV, stand_in=True),
+                    EncoderInfo("fbank", DA, stand_in=True, steps_per_second=12.5), layout=CacheLayout(chunk_rows=8))
+    with CacheWriter.create_or_open(path, meta) as w:
+        w.write_part([_record(i, "train", rng, rate=12.5) for i in range(16)])
+    t, batches = _fed(_cfg(path, tmp_path / "r", "monolingual", dubs={"windows": "same", "audio_time_mask": 0.0}))
+    assert t.audio_rate == 12.5
+    for q in batches:
+        assert set(q.primary.audio_mask.sum(1).tolist()) == {19}
+        assert set(q.primary.video_mask.sum(1).tolist()) == {15}
+
+
+def test_frequency_masks_follow_the_recorded_layout(tmp_path, caplog):
+    video = EncoderInfo("pixels", DV, stand_in=True)
+    fbank = EncoderInfo("fbank", 2048, stand_in=True, steps_per_second=6.25,
+                        preprocessing={"stacking": "step s = fbank frames 16s..16s+15, (16, 128) flattened time-major"})
+    unknown = EncoderInfo("fbank", DA, stand_in=True, steps_per_second=6.25)
+    cfg = _cfg("c", tmp_path, "multilingual")
+    m = feed.view_masks(cfg, new_meta(video, fbank))
+    assert (m.audio_time, m.audio_freq, m.video_time) == (0.5, 0.5, 0.0)  # the paper's recipe
+    assert tuple(m.freq_layout) == (16, 128, 1)
+    with caplog.at_level("WARNING", logger="scav.train.feed"):
+        m = feed.view_masks(cfg, new_meta(video, unknown))
+    assert m.audio_freq == 0.0 and "time masks only" in caplog.text
+    with pytest.raises(ValueError, match="records no frequency layout"):
+        feed.view_masks(_cfg("c", tmp_path, "multilingual", dubs={"audio_freq_mask": 0.3}), new_meta(video, unknown))
+    assert feed.view_masks(_cfg("c", tmp_path, "off"), new_meta(video, fbank)).audio_time == 0.0  # no dubs

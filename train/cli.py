@@ -21,7 +21,7 @@ from scav.core.device import DEVICE_HELP
 
 from scav.model.config import DISTANCES, INTERPS, OBJECTIVES, RESAMPLES, ModelConfig, ObjectiveConfig, field_defaults
 
-from .config import DUB_VARIANTS, PRECISIONS, DubsConfig, TrainConfig
+from .config import DUB_VARIANTS, PRECISIONS, WINDOW_MODES, DubsConfig, TrainConfig
 
 app = make_app(help=__doc__.split("\n\n")[0])
 
@@ -36,6 +36,7 @@ Interp = Literal[INTERPS]
 Resample = Literal[RESAMPLES]
 Precision = Literal[PRECISIONS]
 DubVariant = Literal[DUB_VARIANTS]
+DubWindows = Literal[WINDOW_MODES]
 
 
 def default_out(obj: ObjectiveConfig) -> str:
@@ -93,12 +94,14 @@ def train(
     workers: int = typer.Option(T["num_workers"], "--workers", help="DataLoader worker processes reading the cache."),
     crop: Optional[float] = typer.Option(T["random_crop"], "--crop", help="Random temporal crop in seconds (same window in both modalities)."),
     same_source: float = typer.Option(T["same_source_fraction"], "--same-source", help="Fraction of each batch drawn from one source (long video) as hard negatives; the dubs paper uses 0.125 (1/8). 0: uniform batches."),
-    dubs: DubVariant = typer.Option(DB["variant"], "--dubs", help="Dub-augmented quadruplet training (dubs paper): monolingual (control: the same track twice), bilingual (secondary = --dub-language), multilingual (the clip's other tracks in turn), audio-only (within-modal terms only)."),
+    dubs: DubVariant = typer.Option(DB["variant"], "--dubs", help="Dub-augmented quadruplet training (dubs paper; its augmentation by default: two windows, audio time and frequency masks): monolingual (control: the same track, two differently augmented views), bilingual (secondary = --dub-language), multilingual (the clip's other tracks in turn), audio-only (within-modal terms only)."),
     dub_language: Optional[str] = typer.Option(DB["language"], "--dub-language", help="bilingual: language tag of the secondary audio track, as stored (e.g. spa)."),
     dub_window: float = typer.Option(DB["window"], "--dub-window", help="Seconds per quadruplet instance (paper: 3); 0 = the whole clip."),
-    dub_jitter: Optional[bool] = typer.Option(DB["jitter"], "--dub-jitter/--no-dub-jitter", show_default=False, help="Draw the secondary window independently of the primary (paper's temporal jitter) [default: on for cav, off for sequence objectives]."),
-    mask_fraction: float = typer.Option(DB["mask_fraction"], "--mask-fraction", help="Dubs: time-mask up to this fraction of each sequence's steps (feature-level augmentation)."),
-    lambda_v: float = typer.Option(DB["lambda_v"], "--lambda-v", help="Dubs: weight of the within-modal video term (Eq. 3); 0 = tracked, not trained."),
+    dub_windows: Optional[DubWindows] = typer.Option(DB["windows"], "--dub-windows", show_default=False, help="How the two views' windows are drawn: jitter (independent, the paper's: v_p and a_s cover different seconds), aligned (independent, crossed so that each contrasted cross-modal pair covers the same seconds), same (one window) [default: jitter for cav, aligned for sequence objectives]."),
+    audio_time_mask: float = typer.Option(DB["audio_time_mask"], "--audio-time-mask", help="Dubs: each audio view's time mask covers up to this fraction of its steps (paper: 0.5 of the spectrogram's time axis)."),
+    audio_freq_mask: Optional[float] = typer.Option(DB["audio_freq_mask"], "--audio-freq-mask", show_default=False, help="Dubs: each audio view's frequency mask covers up to this fraction of its frequency bands (BEATs: 8 patch blocks; fbank: 128 mel bins) [default: the paper's 0.5 where the cache records the layout, else none]."),
+    video_time_mask: float = typer.Option(DB["video_time_mask"], "--video-time-mask", help="Dubs: time mask of up to this fraction of each video view's steps (0: video views unmasked)."),
+    lambda_v: float = typer.Option(DB["lambda_v"], "--lambda-v", help="Dubs: weight of the within-modal video term (Eq. 3); 0 = logged (computed without gradient), not trained."),
     lambda_a: float = typer.Option(DB["lambda_a"], "--lambda-a", help="Dubs: weight of the within-modal audio term (Eq. 3); audio-only needs > 0."),
     c: int = typer.Option(M["c"], "--c", help="Latent width of both encoders."),
     video_layers: int = typer.Option(M["video_layers"], "--video-layers", help="Transformer blocks of the video encoder."),
@@ -122,8 +125,9 @@ def train(
         cfg = build_config(
             cache, out, objective=objective_kw,
             model=dict(c=c, video_layers=video_layers, audio_layers=audio_layers, heads=heads),
-            dubs=dict(variant=dubs, language=dub_language, window=dub_window or None, jitter=dub_jitter,
-                      mask_fraction=mask_fraction, lambda_v=lambda_v, lambda_a=lambda_a),
+            dubs=dict(variant=dubs, language=dub_language, window=dub_window or None, windows=dub_windows,
+                      audio_time_mask=audio_time_mask, audio_freq_mask=audio_freq_mask,
+                      video_time_mask=video_time_mask, lambda_v=lambda_v, lambda_a=lambda_a),
             same_source_fraction=same_source,
             split=split, audio_track=audio_track, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, weight_decay=weight_decay,
             val_clips=val_clips, val_every=val_every, keep_best=keep_best, log_every=log_every, precision=precision,

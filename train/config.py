@@ -19,6 +19,7 @@ from scav.model.config import ModelConfig, ObjectiveConfig, field_defaults, requ
 PRECISIONS = ("fp32", "bf16")
 # Dub-augmented training (the dubs paper's variants): see DubsConfig.
 DUB_VARIANTS = ("off", "monolingual", "bilingual", "multilingual", "audio-only")
+WINDOW_MODES = ("same", "jitter", "aligned")  # how quadruplet windows are drawn: scav.train.augment
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,24 @@ class DubsConfig:
     - ``multilingual``: the clip's other tracks in turn, one per epoch (round-robin);
     - ``audio-only``: as multilingual, within-modal terms only (no cross-modal term).
 
-    ``jitter``: draw the secondary window independently of the primary (the paper's temporal
-    jitter). None = on for CAV, off for sequence objectives, whose distance compares
-    *when* things happen: there v_p and a_s cover the same seconds.
+    The paper's augmentation (Appendix A) is the default: ``windows`` None = two windows per
+    clip, drawn independently, assigned 'jitter' for CAV (the paper's) and 'aligned' for
+    sequence objectives (each contrasted cross-modal pair covers the same seconds, which a
+    sequence distance compares; v_p != v_s, a_p != a_s still); 'same' = one window for both
+    views (see ``scav.train.augment.WINDOW_MODES``). Each view's audio gets a time mask of
+    up to ``audio_time_mask`` of its steps and a frequency mask of up to ``audio_freq_mask``
+    of its frequency bands (None = the paper's 0.5 where the cache records the features'
+    frequency layout, none otherwise); video is masked only when ``video_time_mask`` > 0.
+    So the monolingual control sees two differently augmented views, as in the paper.
     """
 
     variant: str = "off"
     language: str | None = None  # bilingual: the secondary track's language tag
     window: float | None = 3.0  # seconds per instance (paper: 3 s); None = the whole clip
-    jitter: bool | None = None
-    mask_fraction: float = 0.0  # time mask of up to this fraction of each sequence's steps
+    windows: str | None = None  # 'same' | 'jitter' | 'aligned'; None = jitter for CAV, aligned otherwise
+    audio_time_mask: float = 0.5  # up to this fraction of each audio view's steps (paper: 50 %)
+    audio_freq_mask: float | None = None  # of its frequency bands; None = 0.5 where the layout is known
+    video_time_mask: float = 0.0  # video views are not masked unless asked
     lambda_v: float = 0.0
     lambda_a: float = 0.0
 
@@ -61,8 +70,11 @@ class DubsConfig:
         return {"off": None, "monolingual": "same", "bilingual": self.language,
                 "multilingual": "round-robin", "audio-only": "round-robin"}[self.variant]
 
-    def uses_jitter(self, objective: "ObjectiveConfig") -> bool:
-        return (objective.kind == "cav") if self.jitter is None else self.jitter
+    def window_mode(self, objective: "ObjectiveConfig") -> str:
+        """How the two views' windows are drawn (``scav.train.augment.WINDOW_MODES``)."""
+        if self.windows is not None:
+            return self.windows
+        return "jitter" if objective.kind == "cav" else "aligned"
 
     def validate(self) -> None:
         require(self.variant in DUB_VARIANTS, f"dubs.variant must be one of {DUB_VARIANTS}, got {self.variant!r}")
@@ -70,7 +82,12 @@ class DubsConfig:
                "dubs.language (the secondary language tag) is required by the bilingual variant and only by it")
         require(self.window is None or (math.isfinite(self.window) and self.window > 0),
                f"dubs.window must be None or > 0 seconds, got {self.window}")
-        require(0.0 <= self.mask_fraction < 1.0, f"dubs.mask_fraction must be in [0, 1), got {self.mask_fraction}")
+        require(self.windows is None or self.windows in WINDOW_MODES,
+                f"dubs.windows must be one of {WINDOW_MODES} or None, got {self.windows!r}")
+        for name in ("audio_time_mask", "audio_freq_mask", "video_time_mask"):
+            v = getattr(self, name)
+            require(v is None and name == "audio_freq_mask" or v is not None and 0.0 <= v < 1.0,
+                    f"dubs.{name} must be in [0, 1), got {v}")
         for name in ("lambda_v", "lambda_a"):
             v = getattr(self, name)
             require(math.isfinite(v) and v >= 0, f"dubs.{name} must be >= 0, got {v}")

@@ -12,6 +12,7 @@ instances on the CPU and :func:`forward_pair` encodes both in one forward.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -19,13 +20,17 @@ import numpy as np
 import torch
 from scav.core.cache import FeatureCache
 from scav.core.loader import Batch, make_train_loader
+from scav.core.schema import CacheMeta
 
-from .augment import QuadBatch, make_quadruplets, random_crop
+from .augment import QuadBatch, ViewMasks, frequency_layout, make_quadruplets, random_crop
 from .config import TrainConfig
 from .run_folder import TrainState
 
 if TYPE_CHECKING:
     from .loop import Training
+
+log = logging.getLogger(__name__)
+PAPER_FREQ_MASK = 0.5  # dubs paper, App. A: masks of up to 50 % of the spectrogram's frequency axis
 
 
 def split_train_val(cache: FeatureCache, cfg: TrainConfig, world_size: int = 1) -> tuple[list[str], list[str]]:
@@ -47,6 +52,36 @@ def split_train_val(cache: FeatureCache, cfg: TrainConfig, world_size: int = 1) 
             f"clips of split {cfg.split!r} ({n} minus {cfg.val_clips} held out for validation)"
         )
     return train, val
+
+
+def audio_rate(cfg: TrainConfig, meta: CacheMeta) -> float | None:
+    """Audio steps per second for windows (``--crop``, dubs): the cache's recorded rate."""
+    rate = meta.audio.steps_per_second
+    if (cfg.random_crop is not None or cfg.dubs.enabled) and not rate:
+        raise ValueError(f"the cache's audio encoder {meta.audio.name} records no steps per second: "
+                         "temporal windows (--crop, --dubs) cannot be cut")
+    return rate
+
+
+def view_masks(cfg: TrainConfig, meta: CacheMeta) -> ViewMasks:
+    """The masks of dub-augmented views for this cache (``DubsConfig``): the frequency mask
+    needs the audio features' frequency layout (``augment.frequency_layout``). Left at its
+    default (None) it is the paper's 50 % where the layout is known and off, with a warning,
+    where not; asked for explicitly on an unknown layout, it is refused."""
+    dubs = cfg.dubs
+    if not dubs.enabled:
+        return ViewMasks()
+    layout = frequency_layout(meta.audio)
+    freq = dubs.audio_freq_mask
+    if layout is None and freq:
+        raise ValueError(f"--audio-freq-mask: the cache's audio encoder {meta.audio.name} records no frequency "
+                         "layout of its features (known: BEATs patch blocks, fbank mel bins); pass 0")
+    if freq is None:
+        freq = PAPER_FREQ_MASK if layout is not None else 0.0
+        if layout is None:
+            log.warning("the cache's audio encoder %s records no frequency layout of its features: "
+                        "dub views get time masks only, no frequency masks", meta.audio.name)
+    return ViewMasks(dubs.video_time_mask, dubs.audio_time_mask, freq, layout if freq > 0 else None)
 
 
 def batch_stream(cfg: TrainConfig, start: TrainState, clip_ids: list[str], cache=None) -> Iterator[tuple[int, int, Batch]]:
@@ -108,10 +143,10 @@ class BatchFeed:
         fps = [t.fps[c] for c in batch.clip_ids]
         dubs = t.cfg.dubs
         if dubs.enabled:
-            batch = make_quadruplets(batch, fps, dubs.window, gen, same_window=not dubs.uses_jitter(t.cfg.objective),
-                                     mask_fraction=dubs.mask_fraction)
+            batch = make_quadruplets(batch, fps, dubs.window, gen, audio_rate=t.audio_rate,
+                                     windows=dubs.window_mode(t.cfg.objective), masks=t.masks)
         elif t.cfg.random_crop is not None:
-            batch = random_crop(batch, fps, t.cfg.random_crop, gen)
+            batch = random_crop(batch, fps, t.cfg.random_crop, gen, audio_rate=t.audio_rate)
         return batch.pin_memory() if self.pin else batch
 
     def next(self) -> tuple[int, int, Batch]:

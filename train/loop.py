@@ -54,9 +54,9 @@ from scav.model.network import SCAVModel
 from scav.model.objective import compute_loss, compute_quad_loss
 
 from . import ddp
-from .augment import QuadBatch
+from .augment import QuadBatch, ViewMasks
 from .config import TrainConfig
-from .feed import BatchFeed, forward_pair, split_train_val
+from .feed import BatchFeed, audio_rate, forward_pair, split_train_val, view_masks
 from .guard import NonFiniteGuard, TrainingDiverged
 from .keep_best import finish, validate_and_checkpoint
 from .run_folder import MetricsLog, TrainState, prepare_run_folder, read_resume_point, restore_state, rng_state
@@ -85,6 +85,8 @@ class Training:
     rank_ids: list[str]  # this rank's training clips
     val_ids: list[str]
     fps: dict[str, float]  # video steps per second, per clip (random crops)
+    audio_rate: float | None  # audio steps per second (the cache's; crops and dub windows)
+    masks: ViewMasks  # of dub-augmented views
     guard: "NonFiniteGuard"
 
     def save_last(self) -> None:
@@ -152,6 +154,7 @@ def setup(cfg: TrainConfig, device: torch.device, dist: ddp.DistInfo) -> Trainin
     share = len(train_ids) // dist.world_size
     rank_ids = train_ids[dist.rank :: dist.world_size][:share]
     fps = {c.clip_id: (cache.meta.video.steps_per_second or c.fps or 1.0) for c in cache.clips(cfg.split)}
+    rate, masks = audio_rate(cfg, cache.meta), view_masks(cfg, cache.meta)  # refused before anything is written
     resume = read_resume_point(cfg, out, cache)
 
     torch.manual_seed(cfg.seed)  # initial weights: the same on every rank
@@ -169,7 +172,7 @@ def setup(cfg: TrainConfig, device: torch.device, dist: ddp.DistInfo) -> Trainin
     if dist.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Training(cfg, out, device, dist, cache, model, net, opt, sched, state, metrics, rank_ids, val_ids, fps,
-                    NonFiniteGuard(opt, device))
+                    rate, masks, NonFiniteGuard(opt, device))
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -235,13 +238,23 @@ class StepRate:
         return rate
 
 
+def temperatures(t: Training) -> dict[str, float]:
+    """The temperatures the objective trains: CAV's ``tau``, SCAV's ``lambda`` (not the unused one)."""
+    obj, model = t.cfg.objective, t.model
+    out = {}
+    if obj.uses_cav:
+        out["tau"] = math.exp(-float(model.logit_scale.detach()))
+    if obj.uses_scav:
+        out["lambda"] = math.exp(float(model.log_lambda.detach()))
+    return out
+
+
 def log_train_step(t: Training, values: dict[str, float], steps_per_s: float, bar) -> None:
     """A train event (the step's losses, lr, temperatures, speed) to metrics.jsonl and the progress bar."""
-    model, loss = t.model, values["loss"]
+    loss = values["loss"]
     event = {"event": "train", "step": t.state.step, "epoch": t.state.epoch, "loss": loss,
              **{k: v for k, v in values.items() if k.endswith("_loss") or "within_" in k},
-             "lr": t.sched.get_last_lr()[0], "tau": math.exp(-float(model.logit_scale.detach())),
-             "lambda": math.exp(float(model.log_lambda.detach())), "steps_per_s": steps_per_s}
+             "lr": t.sched.get_last_lr()[0], **temperatures(t), "steps_per_s": steps_per_s}
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{event['lr']:.2e}", it_s=f"{steps_per_s:.1f}")
     if t.metrics:
         t.metrics.write(event)
@@ -251,8 +264,7 @@ def _diverged(t: Training, step: int, values: dict[str, float], what: str) -> No
     """Stop the run at ``step``, the first with a non-finite ``what`` ('loss' or 'gradient').
     The temperatures named are the model's now: those of the last good step (the guard
     skipped every update since)."""
-    model = t.model
-    temps = {"tau": math.exp(-float(model.logit_scale.detach())), "lambda": math.exp(float(model.log_lambda.detach()))}
+    temps = temperatures(t)
     if t.metrics:
         t.metrics.write({"event": "diverged", "step": step, "non_finite": what, **values, **temps})
     last = t.out / "last.pt"
