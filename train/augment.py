@@ -74,9 +74,8 @@ def window_pair(
     fps, audio_rate: video and audio steps per second (the cache's). Each window
     starts at one time t0 ~ U[0, duration - seconds] in both modalities (each start floored
     to its step, so the two starts differ by less than one step of the slower modality),
-    with lengths rounded to whole steps. same_window=True: the secondary is the primary
-    (sequence objectives compare v_p with a_s step by step, so they must cover the same
-    time); False: drawn independently (the paper's temporal jitter). seconds=None, or a
+    with lengths rounded to whole steps. same_window=True: the secondary is the primary;
+    False: drawn independently (the paper's temporal jitter). seconds=None, or a
     clip no longer than ``seconds``: the whole clip, twice, and nothing drawn from ``gen``.
     """
     if seconds is not None and not seconds > 0:
