@@ -97,16 +97,13 @@ def mux_tracks(src: str | os.PathLike, dst: str | os.PathLike, tracks: Sequence[
     import av
 
     from scav.core.files import atomic_path
+    from scav.extract.decode import DecodeError, open_container
 
     for t in tracks:
         check_track(t)
     dst = Path(dst)
     try:
-        inp = av.open(str(src))
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise MuxError(f"cannot open {src}: {e}") from None
-    try:
-        with atomic_path(dst) as tmp:
+        with open_container(src, "mux") as inp, atomic_path(dst) as tmp:
             out = av.open(str(tmp), mode="w", format="mp4")
             try:
                 result = _mux(inp, out, tracks, set(drop_audio))
@@ -114,8 +111,8 @@ def mux_tracks(src: str | os.PathLike, dst: str | os.PathLike, tracks: Sequence[
                 raise MuxError(f"{type(e).__name__}: {e}") from None
             finally:
                 out.close()
-    finally:
-        inp.close()
+    except DecodeError as e:  # the input could not be opened (or read)
+        raise MuxError(f"{src}: {e.reason}") from None
     result.path = dst
     return result
 
