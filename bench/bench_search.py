@@ -24,6 +24,16 @@ Measured in one run, side by side (printed as ratios):
     python bench/bench_search.py                  # 1M clips (~15 GB in --work, minutes)
     python bench/bench_search.py --ann ivf,hnsw   # also HNSW (its build takes long on 2 cores)
     python bench/bench_search.py --quick          # a few thousand clips, seconds (CI)
+    python bench/bench_search.py --index-check    # only: what loading a saved 1M-row index costs
+                                                  # (its integrity check) next to one search
+
+``--index-check`` (issue 23): a saved index of N rows (``scav.model.stored_latents`` format:
+every file's crc32c and a seal in meta.json, checked on load) is opened three ways and timed
+next to one search over it: sealing (writing the digests), the first open (crc32c and
+finite-value pass over every byte, then a stamp), a later open (stamp matches: headers,
+offsets, clip table), and one query's exact agg top-k over the N pooled vectors. The six
+(N, d) arrays are hard links of one generated file (1 step per clip), so the bench needs
+N x d x 4 bytes of disk, not six times that; the crc pass still reads every file.
 """
 
 from __future__ import annotations
@@ -140,6 +150,68 @@ def timed(fn, repeats: int = 1):
     return best
 
 
+def bench_index_check(work: Path, args, rng: np.random.Generator) -> dict:
+    """Seconds to seal, first open, later open a saved index of ``args.gallery`` rows, and of
+    one query's exact agg top-k over it (see the module docstring)."""
+    from scav.model import stored_latents as SL
+    from scav.retrieve.gallery_index import INDEX_FORMAT, INDEX_VERSION, load_index
+
+    n, d = args.gallery, args.dim
+    folder = work / "index"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    base = np.lib.format.open_memmap(work / "rows.npy", mode="w+", dtype=np.float32, shape=(n, d))
+    for a, b in _chunks(n):
+        base[a:b] = normalize_rows(rng.standard_normal((b - a, d), dtype=np.float32))
+    base.flush()
+    del base
+    for m in ("video", "audio"):
+        for a in ("seq", "emb", "norm"):
+            os.link(work / "rows.npy", folder / f"{m}_{a}.npy")
+        np.save(folder / f"{m}_offsets.npy", np.arange(n + 1, dtype=np.int64))
+    cols = {"clip_id": [f"clip-{i:07d}" for i in range(n)], "split": ["test"] * n, "label": [""] * n,
+            "source": [""] * n, "path": [f"media/{i:07d}.mp4" for i in range(n)], "start": [None] * n,
+            "end": [None] * n}
+    (folder / "clips.json").write_text(json.dumps(cols))
+    del cols
+    meta = {"format": INDEX_FORMAT, "format_version": INDEX_VERSION, "clips": n, "dim": d, "ann": {}}
+    _, t_seal, _ = timed(lambda: SL.seal(folder, meta))
+    gb = sum(p.stat().st_size for p in folder.iterdir() if p.name != "meta.json") / 1e9
+    first, t_first, c_first = timed(lambda: load_index(folder))
+    _, t_later, c_later = timed(lambda: load_index(folder), args.repeats)
+
+    def check_only():  # what the integrity check adds to a load: seal, stamp, headers, offsets
+        SL.open_sealed(folder, "gallery index")
+        for m in ("video", "audio"):
+            SL.load_latents(folder, m)
+            SL.load_npy(folder / f"{m}_norm.npy", np.dtype("<f4"), 2)
+
+    _, t_check, c_check = timed(check_only, args.repeats)
+    q = normalize_rows(rng.standard_normal((1, d), dtype=np.float32))
+    normed = first.normed["video"]
+    _ = [float(normed[a:b].sum()) for a, b in _chunks(n)]  # warm, as a search after the load would find it
+    _, t_search, c_search = timed(lambda: exact_topk_torch(q, normed, args.k), args.repeats)
+    _, t_faiss, _ = timed(lambda: exact_topk_faiss(q, normed, args.k), args.repeats)
+    best = min(t_search, t_faiss)
+    res = {"rows": n, "dim": d, "bytes_checked_gb": gb, "seal_seconds": t_seal, "first_open_seconds": t_first,
+           "first_open_cpu": c_first, "later_open_seconds": t_later, "later_open_cpu": c_later,
+           "later_check_seconds": t_check, "later_check_cpu": c_check, "later_check_vs_one_search": t_check / best,
+           "one_query_agg_torch_seconds": t_search, "one_query_agg_faiss_seconds": t_faiss,
+           "later_open_vs_one_search": t_later / best, "first_open_vs_one_search": t_first / best}
+    print(f"saved index of {n:,} rows x {d} ({gb:.1f} GB in {len(list(folder.iterdir()))} files, 6 arrays as hard "
+          f"links of one): seal {t_seal:.2f} s; first open (crc32c + finite pass over every byte, stamp) "
+          f"{t_first:.2f} s ({gb / t_first:.1f} GB/s); later open (stamp matches) {t_later:.3f} s, CPU {c_later:.3f} s, "
+          f"of which the integrity check {t_check:.3f} s (CPU {c_check:.3f} s; the rest parses clips.json)")
+    print(f"one query, exact agg top-{args.k} over the {n:,} pooled vectors: torch {t_search:.3f} s, FAISS flat "
+          f"{t_faiss:.3f} s; later check / one search = {res['later_check_vs_one_search']:.3f}, later open / one "
+          f"search = {res['later_open_vs_one_search']:.2f}, first open / one "
+          f"search = {res['first_open_vs_one_search']:.1f}; load average {os.getloadavg()[0]:.2f}")
+    del first, normed
+    shutil.rmtree(folder, ignore_errors=True)
+    (work / "rows.npy").unlink(missing_ok=True)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gallery", type=int, default=1_000_000, help="logical gallery clips N")
@@ -167,6 +239,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few thousand clips, seconds (CI smoke run)")
     p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--index-check", action="store_true", help="only time a saved index's integrity check "
+                   "(N rows) against one search")
     args = p.parse_args()
     if args.quick:
         args.gallery, args.stored, args.queries, args.clusters = 4000, 400, 50, 40
@@ -183,6 +257,15 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     ivf_index = None
     out: dict = {"params": {k_: v for k_, v in vars(args).items() if k_ not in ("json",)}, "goals": GOALS}
+    if args.index_check:
+        try:
+            out["index_check"] = bench_index_check(work, args, rng)
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+        finally:
+            if own_work:
+                shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         (pooled, stored, _), gen_s, _ = timed(lambda: make_gallery(work, args, rng))
         gallery = TiledLatents(stored, pooled, args.steps)

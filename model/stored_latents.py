@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import stat
@@ -122,34 +123,33 @@ def _seal_of(meta: dict) -> str:
 
 
 def _scan(path: Path) -> tuple[int, bool | None]:
-    """(crc32c of the file's bytes, all float values finite or None for a non-float file)."""
-    finite = None
+    """(crc32c of the file's bytes, all float values finite or None for a non-float file), in
+    one pass over a read-only map (no copies; ``_READ`` bytes at a time)."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0, None
     dtype, start = None, 0
-    if path.suffix == ".npy":
-        with open(path, "rb") as f:
+    with open(path, "rb") as f:
+        if path.suffix == ".npy":
             try:
-                shape, _fortran, dtype = _header(f)
+                _shape, _fortran, dtype = _header(f)
                 start = f.tell()
             except ValueError:
                 dtype = None
-        if dtype is not None and dtype.kind != "f":
-            dtype = None
-    crc = 0
-    with open(path, "rb", buffering=0) as f:
-        pos = 0
-        carry = b""
-        while block := f.read(_READ):
-            crc = crc32c(block, crc)
-            if dtype is not None:
-                body = carry + (block[max(0, start - pos):] if pos < start else block)
-                usable = len(body) - len(body) % dtype.itemsize
-                vals = np.frombuffer(body[:usable], dtype=dtype)
-                if finite is None:
-                    finite = True
-                if finite and not np.isfinite(vals).all():
-                    finite = False
-                carry = body[usable:]
-            pos += len(block)
+            if dtype is not None and (dtype.kind != "f" or dtype.hasobject):
+                dtype = None
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)  # closed when the last view goes
+    data = np.frombuffer(m, np.uint8)
+    crc, finite = 0, None if dtype is None else True
+    for a in range(0, size, _READ):
+        crc = crc32c(data[a : a + _READ], crc)
+    if dtype is not None:
+        step = _READ - _READ % dtype.itemsize
+        usable = (size - start) - (size - start) % dtype.itemsize
+        for a in range(start, start + usable, step):
+            if not np.isfinite(data[a : min(a + step, start + usable)].view(dtype)).all():
+                finite = False
+                break
     return crc, finite
 
 

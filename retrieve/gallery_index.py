@@ -57,26 +57,29 @@ class ClipTable:
     """The gallery's clip-table columns (``CLIP_COLUMNS``), row i = gallery clip i."""
 
     columns: dict[str, list]
+    source: str = "clip table"  # where it was read (named in errors)
 
     def __post_init__(self) -> None:
         if not isinstance(self.columns, dict) or not all(isinstance(self.columns.get(c), list) for c in CLIP_COLUMNS):
-            raise GalleryIndexError(f"clip table must map each of {', '.join(CLIP_COLUMNS)} to a list")
+            raise GalleryIndexError(f"{self.source}: must map each of {', '.join(CLIP_COLUMNS)} to a list")
         lengths = {len(self.columns[c]) for c in CLIP_COLUMNS}
         if len(lengths) != 1:
-            raise GalleryIndexError(f"clip table columns differ in length: {sorted(lengths)}")
-        for c in ("clip_id", "split", "label", "source", "path"):
-            if not all(isinstance(v, str) for v in self.columns[c]):
-                raise GalleryIndexError(f"clip table column {c!r} must hold strings")
-        for c in ("start", "end"):
-            if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in self.columns[c]):
-                raise GalleryIndexError(f"clip table column {c!r} must hold numbers or null")
+            raise GalleryIndexError(f"{self.source}: columns differ in length: {sorted(lengths)}")
+        # values are checked per row as they are used (row, ids): a 1M-row table is not walked at load
 
     def __len__(self) -> int:
         return len(self.columns["clip_id"])
 
     @property
     def ids(self) -> list[str]:
-        return self.columns["clip_id"]
+        ids = self.columns["clip_id"]
+        if not getattr(self, "_ids_checked", False):
+            if not all(isinstance(v, str) for v in ids):
+                raise GalleryIndexError(f"{self.source}: column 'clip_id' must hold strings")
+            if len(set(ids)) != len(ids):
+                raise GalleryIndexError(f"{self.source}: clip ids repeat")
+            self._ids_checked = True
+        return ids
 
     def stored_crc(self, i: int) -> int | None:
         """crc32c of clip i's stored features when the index was built (None if not recorded)."""
@@ -84,7 +87,15 @@ class ClipTable:
         return None if col is None else col[i]
 
     def row(self, i: int) -> dict[str, Any]:
-        return {c: self.columns[c][i] for c in CLIP_COLUMNS}
+        r = {c: self.columns[c][i] for c in CLIP_COLUMNS}
+        for c in ("clip_id", "split", "label", "source", "path"):
+            if not isinstance(r[c], str):
+                raise GalleryIndexError(f"{self.source}: column {c!r} must hold strings (row {i}: {r[c]!r})")
+        for c in ("start", "end"):
+            v = r[c]
+            if not (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))):
+                raise GalleryIndexError(f"{self.source}: column {c!r} must hold numbers or null (row {i}: {v!r})")
+        return r
 
     @classmethod
     def from_infos(cls, infos: list[ClipInfo]) -> "ClipTable":
@@ -289,12 +300,11 @@ def load_index(folder: str | Path, dim: int | None = None) -> Gallery:
             f"--cache {meta.get('cache', 'CACHE')} --out {folder}"
         )
     meta = SL.open_sealed(folder, "gallery index")
-    clips = ClipTable(SL.read_small_json(folder / "clips.json", "the index's clips.json", 1 << 34))
+    clips = ClipTable(SL.read_small_json(folder / "clips.json", "the index's clips.json", 1 << 34),
+                      str(folder / "clips.json"))
     crcs = clips.columns.get("stored_crc32c")
-    if crcs is not None and (len(crcs) != len(clips) or not all(isinstance(v, int) for v in crcs)):
+    if crcs is not None and (not isinstance(crcs, list) or len(crcs) != len(clips)):
         raise GalleryIndexError(f"{folder / 'clips.json'}: stored_crc32c must hold one integer per clip")
-    if len(set(clips.ids)) != len(clips):
-        raise GalleryIndexError(f"{folder / 'clips.json'}: clip ids repeat")
     video, audio = (SL.load_latents(folder, m, dim=dim) for m in MODALITIES)
     normed = {}
     for m in MODALITIES:
@@ -353,6 +363,7 @@ def check_query_clips(gallery: Gallery, cache, infos: list[ClipInfo], track: Tra
     for info in infos:
         i = row.get(info.clip_id)
         if i is not None and stored_crc(cache, info.clip_id, track) != gallery.clips.stored_crc(i):
+            # (a non-integer recorded crc never equals one computed: refused as another cache's)
             raise GalleryIndexError(
                 f"index {gallery.folder} was built from another cache: clip {info.clip_id!r} holds other features "
                 f"in {cache.path} than when the index was built; search with the index's cache "

@@ -34,3 +34,18 @@ def test_bench_search_quick_reports_every_figure(tmp_path):
     assert got["peak_rss_gib"] > 0
     for goal in ("goal exact", "goal <= 15 s", "recall@100", "peak RSS"):
         assert goal in proc.stdout, goal
+
+
+def test_bench_index_check_quick(tmp_path):
+    """Issue 23: the saved index's integrity check timed next to one search (small, CI smoke run)."""
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_search.py"), "--quick", "--index-check",
+                           "--json", str(out), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())["index_check"]
+    assert got["rows"] == 4000 and got["bytes_checked_gb"] > 0
+    for key in ("seal_seconds", "first_open_seconds", "later_open_seconds", "later_check_seconds",
+                "one_query_agg_torch_seconds", "one_query_agg_faiss_seconds"):
+        assert math.isfinite(got[key]) and got[key] > 0, key
+    assert not any((tmp_path / "work").iterdir())

@@ -273,8 +273,8 @@ CASES = {
     "seq width != the model's": (_wider, None, "d latents"),
     "meta ann 'ivf'": (None, _ann_string, "meta.json"),
     "ann entry without file": (None, _ann_no_file, "meta.json"),
-    "clips.json a list": (_clips_list, None, "clip table"),
-    "integer clip ids": (_int_ids, None, "clip_id"),
+    "clips.json a list": (_clips_list, None, "clips.json"),
+    "integer clip ids": (_int_ids, None, "clips.json: column 'clip_id'"),
     "offsets header 1e12 rows": (_huge_header, None, "video_offsets.npy"),
     "truncated .faiss": (_truncated_faiss, None, "ann-video-ivf.faiss"),
 }
