@@ -22,7 +22,7 @@ def test_bench_extract_quick_reports_every_figure(tmp_path):
     for r in rows:
         for key in ("end_to_end_clips_per_s", "reference_clips_per_s", "decode_only_clips_per_s",
                     "encoders_clips_per_s", "encoders_video_frames_per_s", "encoders_audio_clips_per_s",
-                    "ratio_e2e_over_min"):
+                    "ratio_e2e_over_min", "ratio_e2e_over_ideal", "decode_prep_clips_per_s"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["encoders"], key, r[key])
 
 

@@ -273,3 +273,19 @@ def test_shards_are_disjoint_and_cover():
     ids = [r.clip_id for s in shards for r in s]
     assert sorted(ids) == sorted(r.clip_id for r in rows) and len(ids) == len(set(ids))
     assert runner._shards(rows, 4) == shards  # deterministic
+
+
+def test_window_past_the_end_stores_the_end_decoded_and_all_failed_is_said(mixed, tmp_path):
+    folder, _ = mixed
+    rows = (ManifestRow("late", "media/b25.mp4", start=0.5, end=9.0, split="train"),
+            ManifestRow("inside", "media/c30.mp4", start=0.5, end=1.5, split="train"))
+    s = run(ExtractConfig(manifest=None, rows=rows, media_root=folder, out=tmp_path / "f.zarr", progress=False))
+    assert s["extracted"] == 2 and s["clipped_to_file_end"] == 1 and not s["all_failed"]
+    cache = FeatureCache.open(tmp_path / "f.zarr")
+    late, inside = cache.info("late"), cache.info("inside")
+    assert late.start == 0.5 and late.end == pytest.approx(1.3, abs=0.05)  # b25 is 1.3 s long: what was decoded
+    assert late.end == pytest.approx(late.start + late.duration)
+    assert (inside.start, inside.end) == (0.5, 1.5)  # a window inside the file keeps what was asked
+    bad = (ManifestRow("x", "missing.mp4", split="train"), ManifestRow("y", "missing2.mp4", split="train"))
+    s = run(ExtractConfig(manifest=None, rows=bad, media_root=folder, out=tmp_path / "g.zarr", progress=False))
+    assert s["all_failed"] and s["extracted"] == 0 and s["failed"] == 2

@@ -182,7 +182,8 @@ class ClipVisionEncoder:
             # frames per resize call: small on CPU (stays in cache), larger on a GPU (fewer launches)
             self.preprocess_chunk = 32 if self.device.type == "cpu" else 256
             # scav-extract resizes in its decode workers (frame_prep: the uint8 kernel on their CPUs)
-            tensor_info = {"tensor_kernel": f"{self.kernel} ({self.device.type}); scav-extract: uint8 (decode workers)"}
+            tensor_info = {"tensor_kernel": f"{self.kernel} ({self.device.type})",
+                           "extract_resize": "uint8 kernel, CPU, in the decode workers (frame_prep)"}
         self.info = EncoderInfo(
             name=name,
             dim=int(cfg.hidden_size),

@@ -1,0 +1,89 @@
+"""Frames preprocessed where they are decoded give exactly the features of the whole-frame path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_models import make_tiny_clip_dir
+
+from scav.extract.encoders import build_video_encoder
+from scav.extract.frame_prep import ClipCropPrep, PixelsPrep
+
+SIZES = [(1, 5), (24, 32), (90, 160), (333, 251), (240, 320), (1080, 1920)]
+
+
+def noise(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed + h * 7 + w).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def _pixels_reference(frames: np.ndarray) -> np.ndarray:
+    """The pixels encoder before issue 22, written out: whole clip, channels-last float, area resize."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    t = F.interpolate(t, size=(16, 16), mode="area")
+    return t.permute(0, 2, 3, 1).reshape(len(frames), -1).numpy().astype(np.float32)
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_pixels_per_frame_is_bit_identical(hw):
+    frames = noise(3, *hw)
+    from scav.extract.encoders import PixelsEncoder
+
+    enc = PixelsEncoder()
+    prepped = np.stack([enc.frame_prep()(f) for f in frames])
+    assert prepped.shape == (3, 16, 16, 3) and prepped.dtype == np.float32
+    np.testing.assert_array_equal(enc.encode_prepped(prepped), _pixels_reference(frames))
+    np.testing.assert_array_equal(enc.encode(frames), _pixels_reference(frames))
+
+
+@pytest.mark.parametrize("hw", SIZES)
+def test_clip_crop_then_processor_is_the_processor(hw):
+    """PIL resize + crop in the worker, then transformers' processor on 224x224: identical pixel values."""
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:
+        from transformers import CLIPImageProcessor as Processor
+    proc = Processor()  # the CLIP recipe: shortest side 224, crop 224, OpenAI mean / std
+    frames = noise(2, *hw)
+    prep = ClipCropPrep()
+    small = [prep(f) for f in frames]
+    assert all(s.shape == (224, 224, 3) and s.dtype == np.uint8 for s in small)
+    whole = proc(images=list(frames), input_data_format="channels_last", return_tensors="np")["pixel_values"]
+    got = proc(images=small, input_data_format="channels_last", return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(got, whole)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return make_tiny_clip_dir(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.mark.parametrize("preprocess", ["pil", "tensor"])
+def test_clip_encoder_features_from_prepped_frames(tiny_clip, preprocess):
+    enc = build_video_encoder("clip-vit-b32", tiny_clip, preprocess=preprocess)
+    prep = enc.frame_prep()
+    assert prep is not None and prep.backend == preprocess
+    for hw in [(24, 32), (90, 160), (333, 251)]:
+        frames = noise(3, *hw)
+        got = enc.encode_prepped(np.stack([prep(f) for f in frames]))
+        ref = enc.encode(frames)
+        # pil: bit-identical to the whole-frame path; tensor on CPU: the same uint8 kernel ran, in the
+        # worker instead of the encoder (on CUDA the encoder's float kernel differs by <= 1-2 grey levels)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_prepped_chunks_decode_like_whole_frames(tmp_path):
+    """decode_clip(prep=...) == prep applied to decode_clip's full frames, frame by frame."""
+    from scav.data_manifests.media import AudioSpec, write_media
+    from scav.extract.decode import decode_clip
+
+    rng = np.random.default_rng(1)
+    path = write_media(tmp_path / "v.mp4", rng.integers(0, 256, (9, 120, 200, 3), dtype=np.uint8), fps=10,
+                       audio=[AudioSpec(rng.uniform(-0.5, 0.5, (1, 16000)).astype(np.float32), 16000)])
+    whole = decode_clip(path)
+    for prep in (PixelsPrep(), ClipCropPrep()):
+        got = decode_clip(path, prep=prep)
+        np.testing.assert_array_equal(got.frames, np.stack([prep(f) for f in whole.frames]))
+        np.testing.assert_array_equal(got.frame_times, whole.frame_times)
