@@ -206,7 +206,7 @@ def bench_index_check(work: Path, args, rng: np.random.Generator) -> dict:
           f"{t_faiss:.3f} s; later check / one search = {res['later_check_vs_one_search']:.3f}, later open / one "
           f"search = {res['later_open_vs_one_search']:.2f}, first open / one "
           f"search = {res['first_open_vs_one_search']:.1f}; load average {os.getloadavg()[0]:.2f}")
-    del first, normed
+    first = normed = None  # drop the maps before the files go
     shutil.rmtree(folder, ignore_errors=True)
     (work / "rows.npy").unlink(missing_ok=True)
     return res

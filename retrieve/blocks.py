@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from scav.model.latents import Latents
 from scav.sequence.euclidean import PRECISIONS
 
 log = logging.getLogger(__name__)
