@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyloudnorm
 import pytest
+from conftest import require_program
 from typer.testing import CliRunner
 
 from scav.data_manifests import speech as sp
@@ -533,10 +533,7 @@ def stage_modules():
 
 @pytest.fixture
 def real_chain(stage_modules):
-    if shutil.which("espeak-ng") is None:
-        if os.environ.get("CI"):
-            pytest.fail("espeak-ng is not installed but CI is set: `apt-get install espeak-ng`")
-        pytest.skip("espeak-ng is not installed (`apt-get install espeak-ng`)")
+    require_program(shutil.which("espeak-ng") is not None, "espeak-ng", "espeak-ng")
 
 
 def test_real_default_chain_end_to_end_and_cli_equals_run(build, tmp_path, real_chain):

@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import require_program
 from typer.testing import CliRunner
 
 from scav.data_manifests.manifest import ManifestRow, load_manifest, write_manifest
@@ -85,8 +86,7 @@ def test_cues_go_to_the_segment_they_overlap_most(tmp_path):
 
 @pytest.fixture
 def espeak():
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (`apt-get install espeak-ng`)")
+    require_program(shutil.which("espeak-ng") is not None, "espeak-ng", "espeak-ng")
 
 
 def _real_media(folder):
