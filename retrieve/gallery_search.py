@@ -27,7 +27,7 @@ from scav.sequence.spec import DistanceSpec
 
 from .blocks import BlockConfig, seq_blocks
 from .first_stage import FirstStageConfig, agg_topk
-from .rerank import rerank_distances
+from .rerank import query_distances, rerank_distances
 from .search_config import DIRECTIONS, sides  # noqa: F401 (sides: importable from here)
 from .topk import key_index, key_scores, merge_block, rank_keys
 
@@ -131,10 +131,7 @@ def seq_topk(queries: Latents, candidates: Latents, direction: str, distance: Di
             c, cm = (t.to(dev) for t in candidates.range(ca, cb))
             c_len = candidates.lengths[ca:cb]
             with torch.no_grad():
-                if direction == "v2a":
-                    d = distance.matrix(q, qm, c, cm, video_lengths=q_len, audio_lengths=c_len, precision=cfg.precision)
-                else:
-                    d = distance.matrix(c, cm, q, qm, video_lengths=c_len, audio_lengths=q_len, precision=cfg.precision).T
+                d = query_distances(distance, direction, q, qm, c, cm, q_len, c_len, cfg.precision)
             keys = merge_block(keys, (-d).float().cpu(), ca, topk)
         keys_out[qa:qb] = keys
     return key_scores(keys_out).numpy(), key_index(keys_out).numpy()

@@ -11,6 +11,16 @@ from scav.sequence.metrics import count_ahead
 from scav.sequence.spec import DistanceSpec
 
 from .blocks import BlockConfig, chunks, seq_blocks
+from .search_config import query_is_video
+
+
+def query_distances(distance: DistanceSpec, direction: str, q, qm, c, cm, q_len, c_len,
+                    precision: str = "fp32") -> torch.Tensor:
+    """(n_q, n_c) sequence distances of queries q (n_q, L, c) to candidates c (n_c, L', c),
+    whichever of them is the video side (``direction``); *_len: host valid lengths."""
+    if query_is_video(direction):
+        return distance.matrix(q, qm, c, cm, video_lengths=q_len, audio_lengths=c_len, precision=precision)
+    return distance.matrix(c, cm, q, qm, video_lengths=c_len, audio_lengths=q_len, precision=precision).T
 
 # a dot product of the sampled path costs about as much as this many dot products inside a
 # dense matrix product (measured by bench/bench_retrieval.py on CPU: 0.51 s for 1K x 100
@@ -95,7 +105,7 @@ def _rerank_gather(queries, candidates, direction, distance, qa, qb, agg_topk, c
     c = c.view(n2, k, *c.shape[1:])
     cm = cm.view(n2, k, -1)
     with torch.no_grad():
-        return distance.rerank(q.to(dev), qm.to(dev), c.to(dev), cm.to(dev), query_is_video=direction == "v2a")
+        return distance.rerank(q.to(dev), qm.to(dev), c.to(dev), cm.to(dev), query_is_video=query_is_video(direction))
 
 
 def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, union, cfg, mode, chunk) -> torch.Tensor:
@@ -122,12 +132,10 @@ def _rerank_over_union(queries, candidates, direction, distance, qa, qb, idx, un
         local = local_of[where[rows, cols] - ua]
         with torch.no_grad():
             if mode == "sampled":
-                d = distance.sampled(q, qm, c, cm, rows.to(dev), local.to(dev), query_is_video=direction == "v2a")
+                d = distance.sampled(q, qm, c, cm, rows.to(dev), local.to(dev), query_is_video=query_is_video(direction))
             else:
                 q_len = queries.lengths[qa:qb]
-                block = (distance.matrix(q, qm, c, cm, video_lengths=q_len, audio_lengths=c_len) if direction == "v2a"
-                         else distance.matrix(c, cm, q, qm, video_lengths=c_len, audio_lengths=q_len).T)
-                d = block[rows.to(dev), local.to(dev)]
+                d = query_distances(distance, direction, q, qm, c, cm, q_len, c_len)[rows.to(dev), local.to(dev)]
         out[rows, cols] = d.float().cpu()
     return out
 

@@ -58,7 +58,7 @@ from .blocks import (  # noqa: F401  (the public names of a search, importable f
     seq_blocks,
     seq_row_bytes,
 )
-from .rerank import hybrid_rerank, rerank_distances  # noqa: F401
+from .rerank import hybrid_rerank, query_distances, rerank_distances  # noqa: F401
 from .search_config import DIRECTIONS, sides
 from .topk import RunningTopK, key_index, rank_keys  # noqa: F401
 
@@ -182,10 +182,7 @@ def seq_search(
         c, cm = c.to(dev), cm.to(dev)
         q_len, c_len = queries.lengths[qa:qb], candidates.lengths[ca:cb]
         with torch.no_grad():
-            if direction == "v2a":  # queries are videos: rows already video
-                d = distance.matrix(q, qm, c, cm, video_lengths=q_len, audio_lengths=c_len, precision=cfg.precision)
-            else:
-                d = distance.matrix(c, cm, q, qm, video_lengths=c_len, audio_lengths=q_len, precision=cfg.precision).T
+            d = query_distances(distance, direction, q, qm, c, cm, q_len, c_len, cfg.precision)
         return -d  # higher = better
 
     qb, cb = seq_blocks(queries, candidates, cfg)

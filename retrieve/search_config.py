@@ -34,6 +34,11 @@ def sides(direction: str) -> tuple[str, str]:
     return _SIDES[direction]
 
 
+def query_is_video(direction: str) -> bool:
+    """Are the queries of ``direction`` videos (v2a)?"""
+    return sides(direction)[0] == "video"
+
+
 @dataclass(frozen=True)
 class FirstStageConfig:
     """How the first stage searches. ann: 'exact' | 'ivf' | 'hnsw'; backend (exact only):
