@@ -24,7 +24,8 @@ def build_video_encoder(
     pack: bool | None = None,
 ) -> VideoEncoder:
     """``pixels`` (parameter-free) or ``clip-vit-b32`` (weights: a local folder, a Hugging Face repository id
-    looked up in the local HF cache only, or None for openai/clip-vit-base-patch32 from that cache).
+    loaded as transformers does (downloaded into the HF cache with internet, from it when HF_HUB_OFFLINE is set),
+    or None for openai/clip-vit-base-patch32 the same way).
 
     CLIP options (ignored by ``pixels``): ``preprocess`` ``"pil"`` | ``"tensor"`` (part of the cache
     identity), ``frame_batch`` frames per batch in ``encode_many``, ``pack`` frames across clips
