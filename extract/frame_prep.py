@@ -58,13 +58,28 @@ class PixelsPrep:
         torch = _torch_one_thread()
         import torch.nn.functional as F
 
-        # exactly PixelsEncoder.encode's ops on a batch of one frame (adaptive area pooling per output cell:
-        # a cell's value does not depend on the batch)
-        # (1, 3, H, W) made contiguous: torch's planar area kernel sums each cell in the same order as the
-        # channels-last one (rows, then columns; measured bit-equal) and is faster with 3 channels
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()[None].float() / 255.0
-        t = F.interpolate(t, size=(self.side, self.side), mode="area")
-        return t.permute(0, 2, 3, 1)[0].numpy().astype(np.float32)
+        H, W = rgb.shape[:2]
+        if H * W <= _BAND_PIXELS:
+            return self._pool(torch, F, rgb, (self.side, self.side))
+        # a large frame, one band of output rows at a time: torch's area pooling sums each output cell
+        # over exactly its window's rows and columns in order, so a band holding exactly those rows gives
+        # the same bits (tested), and only 1/16 of the frame is ever in float32
+        out = np.empty((self.side, self.side, 3), np.float32)
+        for oy in range(self.side):
+            r0, r1 = (oy * H) // self.side, -((-(oy + 1) * H) // self.side)
+            out[oy] = self._pool(torch, F, rgb[r0:r1], (1, self.side))[0]
+        return out
+
+    @staticmethod
+    def _pool(torch, F, rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        # (1, 3, h, w) made contiguous: torch's planar area kernel sums each cell in the same order as the
+        # channels-last one PixelsEncoder.encode uses (rows, then columns; tested bit-equal) and is faster
+        # with 3 channels; the in-place division is the same float32 operation as ``/ 255.0``
+        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()[None].float().div_(255.0)
+        return F.interpolate(t, size=size, mode="area").permute(0, 2, 3, 1)[0].numpy().astype(np.float32)
+
+
+_BAND_PIXELS = 1 << 21  # frames above ~2 Mpixel (1080p is 2.07) are pooled band by band
 
 
 @dataclass(frozen=True)

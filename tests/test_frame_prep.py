@@ -9,7 +9,7 @@ from tiny_models import make_tiny_clip_dir
 from scav.extract.encoders import build_video_encoder
 from scav.extract.frame_prep import ClipCropPrep, PixelsPrep
 
-SIZES = [(1, 5), (24, 32), (90, 160), (333, 251), (240, 320), (1080, 1920)]
+SIZES = [(1, 5), (24, 32), (90, 160), (333, 251), (240, 320), (1080, 1920), (1447, 2161), (2160, 3840)]
 
 
 def noise(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
