@@ -191,7 +191,7 @@ def test_random_crop_takes_the_same_time_window_in_both_modalities():
     b = Batch(["a", "b", "c"], ["", "", ""], pad(vids, batch_first=True)[:, :100], vm[:, : max(map(len, vids))],
               pad(auds, batch_first=True), am[:, : max(map(len, auds))])
     for seed in range(5):
-        c = random_crop(b, fps, 1.6, torch.Generator().manual_seed(seed))
+        c = random_crop(b, fps, 1.6, torch.Generator().manual_seed(seed), audio_rate=6.25)
         for i in range(3):
             nv, na = int(c.video_mask[i].sum()), int(c.audio_mask[i].sum())
             assert torch.all(c.video_mask[i, :nv]) and torch.all(c.audio_mask[i, :na])  # prefix masks
