@@ -12,6 +12,7 @@ queries are ranked, atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -188,7 +189,7 @@ def run_search(req: SearchRequest, status=None) -> SearchResult:
     from scav.model import embed
 
     from . import gallery_index, query
-    from .evaluate import load_trained
+    from scav.model.checkpoint import load_trained
     from .first_stage import normalize_rows
     from .gallery_search import rank, sides
 
@@ -254,14 +255,14 @@ def run_index(req: IndexRequest, status=None) -> dict[str, Any]:
     from scav.model import embed
 
     from . import gallery_index
-    from .evaluate import load_trained
+    from scav.model.checkpoint import load_trained
 
     say = status or (lambda text: None)
     req.validate()
     cache = FeatureCache.open(req.cache)
     clips, skipped = gallery_index.gallery_clips(cache.clips(), req.gallery_splits or None, req.audio_track)
     device = resolve_device(req.device)
-    model, train_cfg, ckpt_meta, _ = load_trained(req.checkpoint, cache.meta, device)
+    model, objective, ckpt_meta, _ = load_trained(req.checkpoint, cache.meta, device)
     ckpt_hash = embed.checkpoint_hash(req.checkpoint)
     folder = Path(req.out) if req.out else gallery_index.default_folder(
         req.cache, ckpt_hash, cache.meta.fingerprint(), req.gallery_splits or None, req.audio_track)
@@ -282,7 +283,7 @@ def run_index(req: IndexRequest, status=None) -> dict[str, Any]:
             "checkpoint": str(req.checkpoint), "checkpoint_sha256_12": ckpt_hash, "step": int(ckpt_meta["step"]),
             "cache": str(req.cache), "cache_fingerprint": cache.meta.fingerprint(), "cache_meta": cache.meta.to_dict(),
             "encoders": {"video": cache.meta.video.label, "audio": cache.meta.audio.label},
-            "objective": train_cfg.to_dict()["objective"], "gallery_splits": list(req.gallery_splits) or None,
+            "objective": dataclasses.asdict(objective), "gallery_splits": list(req.gallery_splits) or None,
             "audio_track": req.audio_track, "dim": int(model.cfg.c),
         }
         ann = FirstStageConfig(ann=req.ann, nlist=req.nlist, hnsw_m=req.hnsw_m, ef_construction=req.ef_construction)
