@@ -10,9 +10,11 @@ one decoded frame into what its encoder needs, before any frame is stacked:
   (224, 224, 3). ``backend="pil"`` is transformers' PIL resize (Pillow bicubic,
   no reducing gap) and numpy crop, so the processor then sees a 224x224 image,
   which it resizes to itself (Pillow copies) and crops to itself: the pixel
-  values are exactly today's. ``backend="tensor"`` is ``clip_preprocess``'s
-  uint8 kernel on the worker's CPU (what the ``tensor`` path did on a CPU
-  device; on CUDA it used the float kernel, both within 2 grey levels of PIL).
+  values are exactly today's. ``backend="tensor"`` runs ``clip_preprocess``'s
+  kernel for the encoder's device on the worker's CPU: ``uint8`` for a CPU
+  encoder (bit-identical to the ``tensor`` path before), ``float`` for CUDA
+  (the same float32 passes, each rounded to grey levels, on the CPU instead of
+  the GPU: within 1 level of PIL as before, tests/test_preprocess_clip.py).
 
 Memory: a worker holds one full-resolution frame at a time; what leaves it is
 at most 224x224x3 bytes (CLIP) or 3 KB (pixels) per frame, whatever the source
@@ -90,6 +92,7 @@ class ClipCropPrep:
     crop_height: int = 224
     crop_width: int = 224
     backend: str = "pil"  # "pil" | "tensor"
+    kernel: str = "uint8"  # tensor: clip_preprocess's kernel, the one the encoder's device uses (uint8 CPU, float CUDA)
 
     def out_shape(self, height: int, width: int) -> tuple[int, int, int]:
         return (self.crop_height, self.crop_width, 3)
@@ -114,7 +117,7 @@ class ClipCropPrep:
             from .clip_preprocess import resize_uint8_levels
 
             t = torch.from_numpy(np.ascontiguousarray(rgb))[None].permute(0, 3, 1, 2)
-            x = resize_uint8_levels(t, (h, w), "uint8")[0].permute(1, 2, 0).numpy()
+            x = resize_uint8_levels(t, (h, w), self.kernel)[0].permute(1, 2, 0).numpy().astype(np.uint8)
         else:
             raise ValueError(f"backend must be 'pil' or 'tensor', got {self.backend!r}")
         top, left = (h - self.crop_height) // 2, (w - self.crop_width) // 2  # transformers' center_crop

@@ -70,8 +70,18 @@ def test_clip_encoder_features_from_prepped_frames(tiny_clip, preprocess):
         got = enc.encode_prepped(np.stack([prep(f) for f in frames]))
         ref = enc.encode(frames)
         # pil: bit-identical to the whole-frame path; tensor on CPU: the same uint8 kernel ran, in the
-        # worker instead of the encoder (on CUDA the encoder's float kernel differs by <= 1-2 grey levels)
+        # worker instead of the encoder
         np.testing.assert_array_equal(got, ref)
+
+
+def test_tensor_prep_for_a_cuda_encoder_uses_the_float_kernel_within_one_level_of_pil():
+    """What a CUDA encoder's workers run: the float kernel on the CPU; <= 1 grey level from PIL's."""
+    for hw in [(90, 160), (333, 251), (1080, 1920)]:
+        frames = noise(2, *hw)
+        for f in frames:
+            pil = ClipCropPrep(backend="pil")(f).astype(int)
+            flt = ClipCropPrep(backend="tensor", kernel="float")(f).astype(int)
+            assert np.abs(pil - flt).max() <= 1, hw
 
 
 def test_prepped_chunks_decode_like_whole_frames(tmp_path):

@@ -183,7 +183,7 @@ class ClipVisionEncoder:
             self.preprocess_chunk = 32 if self.device.type == "cpu" else 256
             # scav-extract resizes in its decode workers (frame_prep: the uint8 kernel on their CPUs)
             tensor_info = {"tensor_kernel": f"{self.kernel} ({self.device.type})",
-                           "extract_resize": "uint8 kernel, CPU, in the decode workers (frame_prep)"}
+                           "extract_resize": "the same kernel on the decode workers' CPUs (frame_prep)"}
         self.info = EncoderInfo(
             name=name,
             dim=int(cfg.hidden_size),
@@ -242,8 +242,9 @@ class ClipVisionEncoder:
 
         ``pil``: the processor then sees 224x224 images and leaves them as they are (Pillow's resize to
         the same size is a copy): features bit-identical to ``encode`` on full frames. ``tensor``: the
-        uint8 kernel on the worker's CPU (on CUDA ``encode`` uses the float kernel: within 1-2 grey
-        levels of each other and of PIL, tests/test_preprocess_clip.py)."""
+        kernel this device uses (uint8 on CPU, float on CUDA) run on the worker's CPU, so the device
+        only normalises and runs the model: on CPU bit-identical to ``encode``; on CUDA the float
+        kernel's arithmetic on a CPU instead of the GPU (within 1 grey level of PIL, as before)."""
         from ..clip_preprocess import ClipPreprocessSpec
         from ..frame_prep import ClipCropPrep
 
@@ -251,7 +252,9 @@ class ClipVisionEncoder:
             spec = ClipPreprocessSpec.from_processor(self.processor)
         except ValueError:
             return None
-        return ClipCropPrep(spec.shortest_edge, spec.crop_height, spec.crop_width, backend=self.preprocess_mode)
+        kernel = getattr(self, "kernel", "uint8")  # tensor: the kernel this device uses, run on the worker's CPU
+        return ClipCropPrep(spec.shortest_edge, spec.crop_height, spec.crop_width, backend=self.preprocess_mode,
+                            kernel=kernel)
 
     def encode_prepped(self, frames: np.ndarray) -> np.ndarray:
         """(T, crop, crop, 3) uint8 (``frame_prep``'s outputs) -> (T, hidden) float32."""
