@@ -182,20 +182,24 @@ def encoder_spec(
     )
 
 
+PAPER_COMMANDS = ("vggsound", "music")
+
+
 def beats_steps(command: str) -> str:
     """What to do when the BEATs checkpoint is missing: the exact steps (docs/WEIGHTS.md)."""
     from .encoders.base import BEATS_PAPER_CKPT
 
+    who = f"{command} runs the paper's encoders and needs" if command in PAPER_COMMANDS else "beats-iter3-as2m needs"
     return (
-        f"{command} runs the paper's encoders and needs the BEATs checkpoint, which SCAV never downloads. "
-        f"Get it once:\n"
+        f"{who} the BEATs checkpoint, which SCAV never downloads. Get it once:\n"
         f"  1. open https://github.com/microsoft/unilm/tree/master/beats and copy the link "
         f"\"Fine-tuned BEATs_iter3+ (AS2M) (cpt2)\"\n"
         f"  2. curl -L -o {BEATS_PAPER_CKPT} \"<that link>\"\n"
-        f"  3. scav-extract {command} --beats-ckpt {BEATS_PAPER_CKPT} ...   (or export SCAV_BEATS_CKPT=...)\n"
+        f"  3. scav-extract {command.split()[0]} --beats-ckpt {BEATS_PAPER_CKPT} ...   (or export SCAV_BEATS_CKPT=...)\n"
         f"CLIP ViT-B/32 (--clip-weights, default openai/clip-vit-base-patch32) comes from the Hugging Face hub "
-        f"on first use (offline machines: docs/WEIGHTS.md). Or add --stand-in for parameter-free stand-in "
-        f"features (tests and demos only)."
+        f"on first use (offline machines: docs/WEIGHTS.md). "
+        + ("Or add --stand-in for parameter-free stand-in features (tests and demos only)." if command in PAPER_COMMANDS
+           else "Without --audio-encoder beats-iter3-as2m the fbank stand-in runs instead (tests and demos only).")
     )
 
 
@@ -366,7 +370,7 @@ def folder_cmd(
     files' folders. The manifest built is written next to the cache (<out>.manifests/folder.csv)."""
     from ..data_manifests.folder import build_folder
 
-    spec = _guard(lambda: _spec(opts))
+    spec = _guard(lambda: _spec(opts, command="folder"))
     result = _guard(lambda: build_folder(folder, window, hop, split))
     if not result.rows and not result.missing:
         _fail(f"no media files under {folder} (looked for .mp4, .mkv, .webm, .mov, .avi, ... ; see --help)")

@@ -204,3 +204,19 @@ def test_option_defaults_are_the_run_config_defaults():
                      ("frame_batch", "frame_batch"), ("part_clips", "part_clips"), ("retry_failed", "retry_failed"),
                      ("progress", "progress"), ("wait", "lock_timeout"), ("scheduler", "scheduler")]:
         assert params[opt].default == defaults[cfg], opt
+
+
+def test_verify_repair_re_extracts_a_folder_cache_with_its_own_encoders(media, tmp_path, capsys):
+    """verify --repair --manifest rebuilds the cache's encoder spec (the shared option definition's path)."""
+    out = tmp_path / "r.zarr"
+    assert cli(str(media), "--out", str(out), "--part-clips", "2", "--no-progress") == 0
+    before = cache_contents(out)
+    part = sorted((out / "parts").iterdir())[0]
+    (part / "video/data/c/0/0").unlink()
+    manifest = tmp_path / "r.zarr.manifests" / "folder.csv"
+    capsys.readouterr()
+    assert cli("verify", str(out), "--repair", "--manifest", str(manifest), "--media-root", str(media),
+               "--json", "-") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["re_extracted"] == 2 and result["re_extract_failures"] == []
+    assert_same_contents(cache_contents(out), before)
