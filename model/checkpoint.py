@@ -67,10 +67,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # torch's message advises weights_only=False: exactly what must not be done
-        raise CheckpointError(f"{path} holds Python objects besides tensors and plain data; SCAV does not "
-                              "unpickle them (that can run any code). Use a checkpoint written by scav-train, "
-                              "from a source you trust") from None
+    except pickle.UnpicklingError as e:
+        # torch's message advises loading with weights_only=False: exactly what must not be done
+        if "allowed global" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"{path} holds Python objects besides tensors and plain data; SCAV does not "
+                                  "unpickle them (that can run any code). Use a checkpoint written by scav-train, "
+                                  "from a source you trust") from None
+        raise CheckpointError(f"{path} is not a readable SCAV checkpoint (not a torch.save file of tensors "
+                              "and plain data)") from None
     except Exception as e:  # torch raises many types for truncated / foreign files
         raise CheckpointError(f"{path} is not a readable SCAV checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict):

@@ -96,3 +96,7 @@ def test_pickle_refusal_gives_no_weights_only_false_advice(tmp_path):
     msg = str(e.value)
     assert "does not unpickle" in msg and "weights_only" not in msg and "False" not in msg
     assert e.value.__cause__ is None and e.value.__suppress_context__
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")  # torch's refusal of a non-pickle gives the advice too
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tmp_path / "junk.pt")
+    assert "not a readable SCAV checkpoint" in str(e.value) and "weights_only" not in str(e.value)
