@@ -61,14 +61,12 @@ def write_json(path: Optional[str | Path], payload: Any) -> None:
     """Write ``payload`` as JSON to ``path`` (atomically) or to stdout for '-'; nothing for None."""
     if path is None:
         return
-    text = json.dumps(payload, indent=2)
     if str(path) == "-":
-        typer.echo(text)
+        typer.echo(json.dumps(payload, indent=2))
         return
-    from scav.core.files import atomic_path
+    from scav.core.files import write_json_atomic
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n")
+    write_json_atomic(path, payload)
 
 
 def _piped(stream) -> bool:
