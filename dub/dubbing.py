@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -71,10 +70,9 @@ class _Keep:
 
     def json(self, name: str, payload: Any) -> None:
         if self.dir is not None:
-            from ..core.files import atomic_path
+            from ..core.files import write_json_atomic
 
-            with atomic_path(self.dir / f"{name}.json") as tmp:
-                tmp.write_text(json.dumps(payload, indent=1) + "\n")
+            write_json_atomic(self.dir / f"{name}.json", payload, indent=1)
 
 
 def _segments(raw: Any, seconds: float, stage: str = "segment") -> list[Segment]:

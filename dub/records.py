@@ -37,10 +37,9 @@ def read_record(path: Path) -> dict | None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    from ..core.files import atomic_path
+    from ..core.files import write_json_atomic
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(path, payload, indent=1)
 
 
 def failure_row(job: MediaJob, e: StageError) -> dict:
