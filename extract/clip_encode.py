@@ -107,7 +107,7 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
     Reads ``events`` to their end whatever happens (the next clip's follow).
     """
     from .decode import TrackStart, VideoChunk, VideoEnd
-    from .encoders.base import encode_chunks
+    from .encoders.base import audio_steps, encode_chunks
 
     prepped = getattr(video_enc, "frame_prep", None) is not None and callable(getattr(video_enc, "encode_prepped", None))
     it = iter(events)
@@ -133,19 +133,15 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
             elif isinstance(ev, TrackStart):
                 pieces = _pieces(it)
                 try:
-                    blocks = [np.asarray(b) for b in encode_chunks(audio_enc, pieces)]
+                    feats = _gather(encode_chunks(audio_enc, pieces), audio_steps(ev.n_samples))
                 finally:
                     for _ in pieces:  # what the encoder left of this track
                         pass
-                for b in blocks:
-                    if b.ndim != 2:
-                        raise ValueError(f"audio encoder returned shape {b.shape}")
-                if not blocks:  # too short for one step: the same error as encode() on the whole track
+                if feats is None:  # too short for one step: the same error as encode() on the whole track
                     from .encoders.base import _check_audio
 
                     _check_audio(np.zeros(ev.n_samples, np.float32))
                     raise ValueError("audio encoder returned no steps")
-                feats = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
                 tracks.append((ev, feats))
         except _Failed as f:
             return f.failure, False
@@ -158,6 +154,32 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
         return _record(row, head, video, times, tracks, split or row.split)
     except Exception as e:
         return Failure(row.clip_id, _stage_of(e, "encode"), _reason_of(e), row.path), False
+
+
+def _gather(blocks: Iterable[np.ndarray], expected: int) -> np.ndarray | None:
+    """The (S, D) concatenation of ``blocks``, written into one array of ``expected`` rows as they come
+    (one copy of an hour's features, not two); a list and a concatenation if the count differs."""
+    out, n, rest = None, 0, []
+    for b in blocks:
+        b = np.asarray(b)
+        if b.ndim != 2:
+            raise ValueError(f"audio encoder returned shape {b.shape}")
+        if out is None and not rest and expected > 0:
+            out = np.empty((expected, b.shape[1]), b.dtype)
+        if out is not None and n + len(b) <= expected and b.shape[1:] == out.shape[1:] and b.dtype == out.dtype:
+            out[n : n + len(b)] = b
+            n += len(b)
+            continue
+        if out is not None:  # not the expected count: keep what was written, then the rest as they are
+            rest.append(out[:n])
+            out = None
+        rest.append(b)
+    if out is not None and n == expected:
+        return out
+    if out is not None:
+        rest.insert(0, out[:n])
+    rest = [r for r in rest if len(r)] or rest
+    return np.concatenate(rest) if len(rest) > 1 else (rest[0] if rest and len(rest[0]) else None)
 
 
 def _record(row: ManifestRow, head, video, times, tracks, split: str) -> tuple[ClipRecord, bool]:
