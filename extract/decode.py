@@ -332,24 +332,6 @@ def _describe(src: TrackSource) -> str:
     return f"audio track {src.language!r} ({src.path})" if src.language else f"audio track ({src.path})"
 
 
-def _decode_track_file(src: TrackSource, index: int, lo: float, hi: float, rate: int) -> DecodedAudio:
-    """The first audio stream of ``src`` over [lo, hi) s (the clip's decoded range), as track ``index``."""
-
-    what = _describe(src)
-    if not Path(src.path).is_file():
-        raise DecodeError("open", f"{what}: file not found")
-    pieces = []
-    with open_container(src.path, "decode-audio", what=what) as container:
-        if not container.streams.audio:
-            raise DecodeError("decode-audio", f"{what}: no audio stream")
-        origin = (container.start_time or 0) / 1e6
-        for ev in _audio_events(container, 0, origin, lo, hi, rate, 1 << 20, index=index,
-                                language=src.language, original=src.original, what=what):
-            if isinstance(ev, AudioPiece):
-                pieces.append(ev.samples)
-    return DecodedAudio(np.concatenate(pieces), index, src.language, rate, src.original)
-
-
 def _video_events(container, start, end, prep, chunking, max_side, threads, require_audio=True):
     """VideoChunk ... VideoEnd of the range; returns the range (lo, hi) actually decoded."""
     if not container.streams.video:
