@@ -61,103 +61,33 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .decode_audio import _audio_events, _decode_audio  # noqa: F401
+from .decode_events import (  # noqa: F401  (re-exported: the decoder's public types)
+    _EPS,
+    AUDIO_RATE,
+    _container_end,
+    _stream_end,
+    _seek,
+    AudioPiece,
+    DecodedAudio,
+    DecodedClip,
+    DecodeError,
+    TrackEnd,
+    TrackSource,
+    TrackStart,
+    VideoChunk,
+    VideoEnd,
+)
+
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 16000
-_EPS = 1e-6  # seconds; pts resolution is >= 1/90000 s, far coarser
 # FFmpeg's AV_DISPOSITION_* bits (stable ABI; av.stream.Disposition from PyAV 13 has the same values)
 _DISPOSITION_DUB = 0x2
 _DISPOSITION_ORIGINAL = 0x4
-
-
-class DecodeError(Exception):
-    """A clip that cannot be decoded; ``stage`` says where, ``reason`` why."""
-
-    def __init__(self, stage: str, reason: str):
-        super().__init__(f"{stage}: {reason}")
-        self.stage = stage
-        self.reason = reason
-
-
-@dataclass
-class DecodedAudio:
-    """One audio track of the clip: ``samples`` (N,) float32 mono in [-1, 1]."""
-
-    samples: np.ndarray
-    index: int  # position among the clip's audio tracks (container streams first, then extra files)
-    language: str | None = None
-    sample_rate: int = AUDIO_RATE
-    original: bool = False  # the original-language track (rule in the module docstring)
-
-
-@dataclass(frozen=True)
-class TrackSource:
-    """An audio track in a file of its own: its first audio stream, tagged ``language``."""
-
-    path: str
-    language: str | None = None
-    original: bool = False
-
-
-@dataclass
-class DecodedClip:
-    """Frames (T, H, W, 3) uint8 RGB with their times (T,) in seconds, and all audio tracks."""
-
-    frames: np.ndarray
-    frame_times: np.ndarray
-    fps: float
-    duration: float  # seconds of the range actually decoded (end - start after clipping)
-    start: float = 0.0  # the range actually decoded, seconds from the container start
-    end: float = 0.0
-    audio: list[DecodedAudio] = field(default_factory=list)
-
-
-@dataclass
-class VideoChunk:
-    """Consecutive frames of the clip, already preprocessed: ``frames`` (n, ...) and ``times`` (n,) s."""
-
-    frames: np.ndarray
-    times: np.ndarray
-
-
-@dataclass
-class VideoEnd:
-    """After the last video chunk: the range actually decoded and the frame rate over it."""
-
-    n_frames: int
-    fps: float
-    start: float
-    end: float
-
-    @property
-    def duration(self) -> float:
-        return self.end - self.start
-
-
-@dataclass
-class TrackStart:
-    """An audio track begins; its samples follow as ``AudioPiece``s, then ``TrackEnd``."""
-
-    index: int
-    language: str | None
-    original: bool
-    n_samples: int
-    sample_rate: int = AUDIO_RATE
-
-
-@dataclass
-class AudioPiece:
-    samples: np.ndarray  # (n,) float32
-
-
-@dataclass
-class TrackEnd:
-    index: int
 
 
 def iter_clip(
@@ -365,28 +295,10 @@ def _video_events(container, start, end, prep, chunking, max_side, threads, requ
     return lo, hi
 
 
-def _container_end(container, origin: float) -> float | None:
-    """End of the container in seconds from its start; None if the file does not say."""
-    if container.duration is not None and container.duration > 0:
-        return container.duration / 1e6
-    ends = [_stream_end(s, origin) for s in container.streams if s.type in ("video", "audio")]
-    ends = [e for e in ends if e is not None]
-    return max(ends) if ends else None
 
 
-def _stream_end(stream, origin: float) -> float | None:
-    if stream.duration is None or stream.time_base is None:
-        return None
-    s0 = stream.start_time or 0
-    return float((s0 + stream.duration) * stream.time_base) - origin
 
 
-def _seek(container, stream, t: float, origin: float) -> None:
-    """Seek ``stream`` to the keyframe at or before container time ``t`` (seconds; <= 0: its start)."""
-    target = int(math.floor((max(t, 0.0) + origin) / stream.time_base))
-    if stream.start_time is not None:
-        target = max(target, stream.start_time) if t > 0 else min(target, stream.start_time)
-    container.seek(target, stream=stream, backward=True, any_frame=False)
 
 
 def _chunk_size(frame_bytes: int, chunking) -> int:
@@ -484,167 +396,3 @@ def _target_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _decode_audio(container, k: int, origin: float, lo: float, hi: float, rate: int) -> DecodedAudio:
-    """Audio stream ``k`` in [lo, hi), resampled to ``rate`` Hz mono: (N,) float32 (all in memory)."""
-    pieces, head = [], None
-    for ev in _audio_events(container, k, origin, lo, hi, rate, 1 << 20):
-        if isinstance(ev, TrackStart):
-            head = ev
-        elif isinstance(ev, AudioPiece):
-            pieces.append(ev.samples)
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return DecodedAudio(samples=samples, index=k, language=head.language, sample_rate=rate)
-
-
-_FROM_STREAM = object()
-
-
-class _Pieces:
-    """Output samples 0..n_out of a track, cut from the decoded stream, handed out ``piece`` at a time."""
-
-    def __init__(self, n_out: int, piece: int):
-        self.n_out, self.piece = n_out, max(1, int(piece))
-        self.pos = 0  # output samples accepted so far
-        self.skip = 0  # decoded samples still to drop before output sample 0
-        self.pending: list[np.ndarray] = []
-        self.held = 0
-
-    def push(self, x: np.ndarray):
-        if self.skip:
-            drop = min(self.skip, len(x))
-            x, self.skip = x[drop:], self.skip - drop
-        x = x[: self.n_out - self.pos]
-        if len(x):
-            self.pending.append(x)
-            self.held += len(x)
-            self.pos += len(x)
-        if self.held >= self.piece:
-            yield from self._flush(final=False)
-
-    def zeros(self, n: int):
-        yield from self.push(np.zeros(max(0, min(n, self.n_out - self.pos)), np.float32))
-
-    def _flush(self, final: bool):
-        if not self.pending:
-            return
-        buf = np.concatenate(self.pending).astype(np.float32, copy=False)
-        self.pending, self.held = [], 0
-        cut = len(buf) if final else (len(buf) // self.piece) * self.piece
-        for i in range(0, cut, self.piece):
-            yield AudioPiece(np.clip(buf[i : i + self.piece], -1.0, 1.0))
-        if cut < len(buf):
-            self.pending, self.held = [buf[cut:]], len(buf) - cut
-
-    def finish(self):
-        yield from self.zeros(self.n_out - self.pos)
-        yield from self._flush(final=True)
-
-
-def _audio_events(container, k: int, origin: float, lo: float, hi: float, rate: int, piece: int, *,
-                  index: int | None = None, language=_FROM_STREAM, original: bool = False, what: str | None = None):
-    """TrackStart, AudioPieces, TrackEnd of audio stream ``k`` over [lo, hi) at ``rate`` Hz mono.
-
-    The samples are exactly the whole-range rule of the module docstring, handed
-    out in pieces of ``piece`` samples while decoding (at most about two pieces held).
-    """
-    import av
-
-    stream = container.streams.audio[k]
-    if language is _FROM_STREAM:
-        language = stream.metadata.get("language")
-        language = None if language in (None, "", "und") else language
-    stream_end = _stream_end(stream, origin)
-    a_hi = hi if stream_end is None else min(hi, stream_end)
-    n_out = max(0, int(round((a_hi - lo) * rate)))
-    label = f"audio stream {k}"  # a file track's ``what`` is prefixed by open_container
-    if what is not None and n_out == 0:
-        raise DecodeError("range", f"{what}: the file ends before the clip's range [{lo:g}, {hi:g}) s")
-    index = k if index is None else index
-    yield TrackStart(index, language, bool(original), n_out, rate)
-
-    # decode from a bit before lo: resampler warm-up, and packets straddling lo
-    _seek(container, stream, lo - 0.5, origin)
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-    out = _Pieces(n_out, piece)
-    t0 = None
-    first = 0
-    n_decoded = 0
-    frames = container.decode(stream)
-    stopped = False
-    while not stopped:
-        try:  # FFmpeg's errors only, never the consumer's
-            frame = next(frames, None)
-            if frame is None:
-                outs, stopped = resampler.resample(None), True
-            else:
-                if t0 is None:
-                    if frame.pts is None:
-                        raise DecodeError("decode-audio", f"{label}: a frame has no timestamp")
-                    frame = _align_to_grid(frame, stream, rate)
-                    if frame is None:
-                        continue
-                outs = resampler.resample(frame)
-        except DecodeError:
-            raise
-        except Exception as e:
-            if n_decoded == 0:
-                raise DecodeError("decode-audio", f"{label}: {type(e).__name__}: {e}") from None
-            log.warning("%s decoding stopped early: %s", label, e)
-            break
-        if t0 is None and frame is not None:
-            t0 = float(frame.pts * frame.time_base) - origin
-            # sample i of the decoded stream is at t0 + i / rate; output sample j is decoded sample first + j
-            first = int(round((lo - t0) * rate))
-            out.skip = max(first, 0)
-            yield from out.zeros(-first)  # a stream starting after lo: zeros before it
-        for o in outs:
-            x = o.to_ndarray().reshape(-1)
-            n_decoded += len(x)
-            yield from out.push(x)
-        if t0 is not None and t0 + n_decoded / rate > a_hi + 1.0:
-            break
-    if t0 is None:
-        raise DecodeError("decode-audio", f"{label} has no decodable frames")
-    tail_missing = n_out - max(0, n_decoded - first)
-    if tail_missing > rate // 4:  # decoded AAC is longer than nominal; far shorter = truncated
-        raise DecodeError(
-            "decode-audio",
-            f"{label} truncated or corrupt: {tail_missing / rate:.3f} s missing before {a_hi:.3f} s",
-        )
-    copied = max(0, min(first + n_out, n_decoded) - max(first, 0))
-    if n_out - copied > rate // 100:
-        log.debug("%s: %d of %d samples missing, zero-filled", label, n_out - copied, n_out)
-    yield from out.finish()
-    yield TrackEnd(index)
-
-
-def _align_to_grid(frame, stream, rate: int):
-    """Drop the first samples of ``frame`` so it starts on a common grid of input and output samples.
-
-    After a seek, decoding starts at some packet; its time need not fall on the
-    16 kHz sample grid of the stream start, which would shift the output by up
-    to half a sample depending on where the seek landed. Starting on a multiple
-    of 1 / gcd(rate_in, rate) s from the stream start makes a cut of a range
-    give the same samples as decoding the whole stream (up to resampler warm-up,
-    which the 0.5 s decoded before the range absorbs). Returns None if the
-    whole frame is dropped.
-    """
-    import av
-
-    sr = frame.sample_rate
-    period = sr // math.gcd(sr, rate)  # input samples per grid step
-    s0 = (frame.pts - (stream.start_time or 0)) * frame.time_base * sr  # samples since stream start
-    if s0.denominator != 1:  # pts not on the input sample grid: leave as is
-        return frame
-    skip = (-s0.numerator) % period
-    if skip == 0:
-        return frame
-    if skip >= frame.samples:
-        return None
-    arr = frame.to_ndarray()
-    arr = arr[:, skip:] if frame.format.is_planar else arr[:, skip * len(frame.layout.channels) :]
-    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=frame.format.name, layout=frame.layout.name)
-    out.sample_rate = sr
-    out.time_base = frame.time_base
-    out.pts = frame.pts + int(round(skip / (sr * frame.time_base)))
-    return out

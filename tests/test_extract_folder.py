@@ -21,6 +21,7 @@ from scav.data_manifests.folder import build_folder, media_files, window_rows
 from scav.data_manifests.manifest import ManifestRow, load_manifest, write_manifest
 from scav.data_manifests.music import probe_duration, windows
 from scav.extract import cli as extract_cli
+from scav.extract import cli_options
 from scav.extract.config import ExtractConfig
 from scav.extract.runner import run
 
@@ -164,11 +165,11 @@ def test_beats_window_option(tmp_path, capsys):
     from tiny_models import make_tiny_beats_ckpt
 
     ckpt = make_tiny_beats_ckpt(tmp_path)
-    spec = extract_cli.encoder_spec(None, None, None, ckpt, window_steps=extract_cli.beats_window_steps(5.0))
+    spec = cli_options.encoder_spec(None, None, None, ckpt, window_steps=cli_options.beats_window_steps(5.0))
     assert (spec.video, spec.audio, spec.audio_window) == ("pixels", "beats-iter3-as2m", 31)
-    assert extract_cli.beats_window_steps(None) is None and extract_cli.beats_window_steps(10.24) == 64
+    assert cli_options.beats_window_steps(None) is None and cli_options.beats_window_steps(10.24) == 64
     with pytest.raises(ValueError, match="at least one step"):
-        extract_cli.beats_window_steps(0.1)
+        cli_options.beats_window_steps(0.1)
     tiny_clip(tmp_path / "m" / "a.mp4", seconds=0.8)
     out = tmp_path / "b.zarr"
     assert cli(str(tmp_path / "m"), "--beats-ckpt", str(ckpt), "--beats-window", "0.32", "--out", str(out),
@@ -186,7 +187,7 @@ def _params(name: str) -> dict[str, click.Parameter]:
 
 
 def test_every_extraction_command_takes_every_shared_option_from_one_definition():
-    shared = [f.name for f in fields(extract_cli.ExtractOptions)]
+    shared = [f.name for f in fields(cli_options.ExtractOptions)]
     assert len(shared) >= 16
     for name in DATASET_COMMANDS:
         params = _params(name)
