@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.cache import CacheWriter, ClipRecord, new_meta
 from ..core.device import resolve_device
-from ..core.schema import CacheMeta, Failure
+from ..core.schema import CacheMeta, Failure, require_same_encoders
 from ..data_manifests.manifest import ManifestRow
 from .clip_encode import encode_events, stream_spec
 from .config import EncoderSpec
@@ -81,8 +81,9 @@ def open_shard(out, meta: dict, spec: EncoderSpec, device: str) -> tuple[CacheWr
     writer = CacheWriter(Path(out), cache_meta)
     video_enc, audio_enc = runner.build_encoders(spec, device)
     # fingerprints compare JSON forms (a cache's meta has been through JSON: tuples became lists)
-    if new_meta(video_enc.info, audio_enc.info).fingerprint() != cache_meta.fingerprint():
-        raise RuntimeError(f"encoders built on {device} differ from the cache's encoders")
+    require_same_encoders(cache_meta, new_meta(video_enc.info, audio_enc.info), "the cache",
+                          f"the encoders built on {device} have", "a worker must build the run's encoders",
+                          error=RuntimeError)
     return writer, video_enc, audio_enc
 
 

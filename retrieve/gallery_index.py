@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from scav.core.files import atomic_path, remove_stale_tmp
-from scav.core.schema import CacheMeta, ClipInfo, TrackSelector, format_identity_diff
+from scav.core.schema import CacheMeta, ClipInfo, TrackSelector, require_same_encoders
 from scav.core.checksum import crc32c
 from scav.model import embed
 from scav.model import stored_latents as SL
@@ -337,13 +337,15 @@ def check_index(meta: dict, folder: Path, ckpt_hash: str, cache_meta: CacheMeta,
         )
     if meta.get("cache_fingerprint") != cache_meta.fingerprint():
         try:
-            diff = format_identity_diff(CacheMeta.from_dict(meta["cache_meta"]).identity_diff(cache_meta), "index", "cache")
-        except Exception:  # an unreadable record: the fingerprints alone say enough
-            diff = ""
-        raise GalleryIndexError(
+            recorded = CacheMeta.from_dict(meta["cache_meta"])
+        except Exception:  # noqa: BLE001 - an unreadable record: the fingerprints alone say enough
+            recorded = None
+        if recorded is not None:
+            require_same_encoders(recorded, cache_meta, f"index {folder}", "the cache has",
+                                  "rebuild the index for this cache", error=GalleryIndexError)
+        raise GalleryIndexError(  # no record, or one that contradicts the recorded fingerprint
             f"index {folder} holds features of other encoders (fingerprint {meta.get('cache_fingerprint')}) than "
             f"the cache (fingerprint {cache_meta.fingerprint()}); rebuild the index for this cache"
-            + (f":\n{diff}" if diff else "")
         )
     if meta.get("dim") is not None and dim is not None and meta.get("dim") != dim:
         raise GalleryIndexError(f"index {folder} holds {meta.get('dim')}-d latents, the checkpoint's are {dim}-d")

@@ -26,7 +26,7 @@ from scav.core.schema import (
     CacheMeta,
     ClipInfo,
     TrackSelector,
-    format_identity_diff,
+    require_same_encoders,
 )
 from scav.model import embed
 from scav.model.clip_lengths import pre_lengths
@@ -201,11 +201,9 @@ def build_encoders(meta: CacheMeta, clip_weights: str | None, beats_ckpt: str | 
         aenc = enc.build_audio_encoder(a.name, weights=beats_ckpt, device=device, expected_sha256=a.checksum)
     except (FileNotFoundError, ValueError, OSError, ImportError) as e:
         raise QueryError(f"cannot build the cache's encoders for query media: {e}") from None
-    built = new_meta(venc.info, aenc.info)
-    if built.fingerprint() != meta.fingerprint():
-        diff = format_identity_diff(meta.identity_diff(built), "cache", "these weights")
-        raise QueryError("the encoders built from --clip-weights / --beats-ckpt are not the ones the cache was "
-                         f"extracted with:\n{diff}")
+    require_same_encoders(meta, new_meta(venc.info, aenc.info), "the cache", "--clip-weights / --beats-ckpt give",
+                          "these are not the ones the cache was extracted with: give the weights it records",
+                          error=QueryError)
     return venc, aenc
 
 

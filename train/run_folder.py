@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from scav.core.cache import FeatureCache
-from scav.core.files import atomic_path, remove_stale_tmp
+from scav.core.files import remove_stale_tmp, write_json_atomic
 from scav.model.checkpoint import check_cache_matches, read_checkpoint
 from scav.model.network import SCAVModel
 
@@ -134,6 +134,5 @@ def prepare_run_folder(cfg: TrainConfig, out: Path, resumed_at: int | None) -> M
     removed = remove_stale_run_tmp(out)
     if removed:
         log.info("removed %d temporary file(s) left by killed writers in %s", len(removed), out)
-    with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_json_atomic(out / "config.json", cfg.to_dict())
     return MetricsLog(out / "metrics.jsonl", resumed_at)
