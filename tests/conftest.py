@@ -5,6 +5,12 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    """Tests never download: the Hugging Face libraries read their local cache only (a test that
+    checks the online path sets its own environment and blocks sockets)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A folder for the tiny random models a test module builds (tests/tiny_models.py)."""
