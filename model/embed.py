@@ -107,7 +107,7 @@ def _alloc(shape, folder: Path | None, name: str) -> np.ndarray:
 @torch.no_grad()
 def embed_split(
     model,
-    cache_path: str | os.PathLike,
+    cache_path,  # a path or an open FeatureCache (validation passes its own: no reopening)
     meta: CacheMeta,
     split: str,
     clips: list[ClipInfo],
@@ -140,7 +140,7 @@ def embed_split(
     model.eval()
     dev = torch.device(device)
     done = 0
-    for batch in iter_eval_batches(str(cache_path), split=split, clip_ids=ids, batch_size=batch_size, track=track):
+    for batch in iter_eval_batches(cache_path, split=split, clip_ids=ids, batch_size=batch_size, track=track):
         if batch.clip_ids != ids[done : done + len(batch)]:
             raise CacheError(f"cache order changed while reading {split}: expected {ids[done]}, got {batch.clip_ids[0]}")
         b = batch.to(dev)

@@ -41,8 +41,7 @@ def validate(model: SCAVModel, cfg: TrainConfig, val_ids: list[str], device: tor
     cache = cache if cache is not None else FeatureCache.open(cfg.cache)
     wanted = set(val_ids)
     clips = [c for c in cache.clips(cfg.split) if c.clip_id in wanted]
-    # embed_split reopens the cache from its path (it reads through iter_eval_batches)
-    lat = embed_split(model, cache.path, cache.meta, cfg.split, clips, batch_size=64, device=device,
+    lat = embed_split(model, cache, cache.meta, cfg.split, clips, batch_size=64, device=device,
                       track=cfg.audio_track)
     ve = torch.nn.functional.normalize(lat.video.embeddings(0, len(clips)).to(device), dim=-1)
     ae = torch.nn.functional.normalize(lat.audio.embeddings(0, len(clips)).to(device), dim=-1)
