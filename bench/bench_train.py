@@ -48,7 +48,11 @@ from scav.core.cache import CacheWriter, ClipRecord, new_meta
 from scav.core.device import resolve_device
 from scav.core.loader import Batch, make_train_loader
 from scav.core.schema import AudioTrack, ClipInfo, EncoderInfo
+from scav.model.network import SCAVModel
+from scav.model.objective import compute_loss
 from scav.train import ddp, loop
+from scav.train.guard import NonFiniteGuard
+from scav.train.schedule import make_optimizer
 from scav.model.config import ModelConfig, ObjectiveConfig
 from scav.train.config import TrainConfig
 
@@ -186,7 +190,7 @@ def step_flops(t, batch: Batch, autocast) -> float:
         with autocast:
             out = t.model(batch.video, batch.video_mask, batch.audio, batch.audio_mask)
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-        loop.compute_loss(out, t.model, t.cfg.objective)["loss"].backward()
+        compute_loss(out, t.model, t.cfg.objective)["loss"].backward()
     t.opt.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -226,7 +230,7 @@ def peak_bytes(model, opt, guard, objective, s: Sizes, b: int, device: torch.dev
         with autocast:
             out = model(batch.video, batch.video_mask, batch.audio, batch.audio_mask)
         out = {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-        losses = loop.compute_loss(out, model, objective)
+        losses = compute_loss(out, model, objective)
     opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
     guard.check(losses["loss"], model.parameters())
@@ -244,10 +248,10 @@ def max_batch(name: str, s: Sizes, device: torch.device, precision: str) -> dict
     """Largest multiple of 8 whose full training step fits ``s.budget_gb`` (module docstring)."""
     objective, paper = TABLE_I[name]
     torch.manual_seed(0)
-    model = loop.SCAVModel(s.model, s.video_dim, s.audio_dim, objective).to(device)
+    model = SCAVModel(s.model, s.video_dim, s.audio_dim, objective).to(device)
     cfg = TrainConfig(cache="-", out="-", model=s.model, objective=objective)
-    opt = loop.make_optimizer(model, cfg)
-    guard = loop.NonFiniteGuard(opt, device)
+    opt = make_optimizer(model, cfg)
+    guard = NonFiniteGuard(opt, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     budget = s.budget_gb * GB
 
