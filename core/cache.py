@@ -16,6 +16,9 @@ committed by an atomic rename)::
     with CacheWriter.create_or_open("features.zarr", meta) as writer:
         writer.done_clip_ids()           # what a resumed run may skip
         writer.write_part(records, failures)
+        part = writer.open_part()        # or clip by clip, in pieces (core/part_builder.py)
+        rows = part.clip(); rows.video(feats, times); rows.audio(0, steps); rows.end(info)
+        part.commit(failures)
 
 Damage: a part whose ``zarr.json`` cannot be read is listed in
 ``FeatureCache.damaged`` (its clips are not served; the rest of the cache is);
@@ -29,24 +32,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
-from .checksum import FastCrc32cCodec
 from .chunk_layout import ArrayChunks, ChunkError
-from .files import write_json_atomic
+from .files import fsync_dir, write_json_atomic
 from .mapped import MappedFiles
+from .part_builder import PartBuilder
 from .schema import (
     AUDIO,
     FEATURE_DTYPE,
-    OFFSET_DTYPE,
     PART_PREFIX,
     PARTS_GROUP,
     ROOT_KEY,
@@ -450,82 +449,25 @@ class CacheWriter:
             done.update(f["clip_id"] for f in attrs.get("failures", []))
         return done
 
-    def write_part(self, records: Sequence[ClipRecord], failures: Sequence[Failure] = ()) -> Path | None:
-        """Commit ``records`` (and failure rows) as one new part; returns its path."""
-        if not records and not failures:
-            return None
-        name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    def open_part(self) -> PartBuilder:
+        """A new part to fill clip by clip, in pieces (``PartBuilder.clip``); ``commit`` it."""
+        return PartBuilder(self.path, self._staging_path, self.meta.layout)
+
+    def _staging_path(self) -> Path:
         if self._staging is None:
             self._staging = Staging(self.path)
-        tmp = self._staging.path / name
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        if records:
-            self._write_modality(group, VIDEO, [r.video for r in records], times=[r.video_times for r in records])
-            n_tracks = max(len(r.audio) for r in records)
-            for j in range(n_tracks):
-                seqs = [r.audio[j] if j < len(r.audio) else None for r in records]
-                self._write_modality(group, f"{AUDIO}/{audio_track_name(j)}", seqs)
-        group.attrs.update(
-            {
-                "clips": [r.info.to_dict() for r in records],
-                "failures": [f.to_dict() for f in failures],
-            }
-        )
-        _pause_for_tests()
-        final = self.path / PARTS_GROUP / name
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        return final
+        return self._staging.path
 
-    def _write_modality(self, group, name: str, seqs: list, times: list | None = None) -> None:
-        dims = {s.shape[1] for s in seqs if s is not None and s.ndim == 2 and len(s)}
-        if len(dims) > 1:
-            raise CacheError(f"{name}: clips of one part have different feature sizes {sorted(dims)}")
-        dim = dims.pop() if dims else 0
-        lengths = [0 if s is None else len(s) for s in seqs]
-        offsets = np.zeros(len(seqs) + 1, dtype=OFFSET_DTYPE)
-        np.cumsum(lengths, out=offsets[1:])
-        total = int(offsets[-1])
-        layout = self.meta.layout
-        chunk_rows = max(1, min(layout.chunk_rows, total))
-        # checksums: a crc32c after every chunk (the sharding codec adds one to its index by
-        # default) and every chunk written, so that a missing chunk file is damage, not zeros
-        crc = [FastCrc32cCodec()] if layout.checksums else []  # writes Zarr's "crc32c", faster
-        kw = {"config": {"write_empty_chunks": True}} if layout.checksums else {}
-        data = group.create_array(
-            f"{name}/data",
-            shape=(total, dim),
-            dtype=FEATURE_DTYPE,
-            chunks=(chunk_rows, max(dim, 1)),
-            shards=None if layout.shard_rows is None or total == 0 else (layout.shard_rows, max(dim, 1)),
-            compressors=(_compressors(layout.compressor) or []) + crc or None,
-            **kw,
-        )
-        small = {"compressors": [ZstdCodec(level=0), *crc], **kw} if layout.checksums else {}
-        if total:
-            # cast while concatenating: one pass over the features, not two
-            data[:] = np.concatenate([s for s in seqs if s is not None and len(s)], dtype=FEATURE_DTYPE,
-                                     casting="unsafe")
-        off = group.create_array(f"{name}/offsets", shape=offsets.shape, dtype=OFFSET_DTYPE, chunks=offsets.shape,
-                                 **small)
-        off[:] = offsets
-        if times is not None:
-            t = group.create_array(f"{name}/times", shape=(total,), dtype="float64", chunks=(max(1, total),),
-                                   **small)
-            if total:
-                t[:] = np.concatenate([np.asarray(x, dtype=np.float64) for x in times])
-
-
-def _compressors(name: str | None):
-    if name is None:
-        return None
-    if name == "zstd":
-        return [ZstdCodec(level=1)]
-    if name == "blosc":
-        from zarr.codecs import BloscCodec
-
-        return [BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")]
-    raise CacheError(f"unknown compressor {name!r}")
+    def write_part(self, records: Sequence[ClipRecord], failures: Sequence[Failure] = ()) -> Path | None:
+        """Commit ``records`` (and failure rows) as one new part; returns its path."""
+        part = self.open_part()
+        try:
+            for r in records:
+                part.add(r)
+            return part.commit(failures)
+        except BaseException:
+            part.discard()
+            raise
 
 
 def _scav_leftovers_only(path: Path) -> bool:
@@ -538,35 +480,7 @@ def _scav_leftovers_only(path: Path) -> bool:
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     write_json_atomic(path, obj)
-    _fsync_dir(path.parent)  # the rename itself survives a power cut
-
-
-# Tests of concurrent writers pause a writer inside a part (staged, not yet committed):
-# with SCAV_TEST_PAUSE_IN_PART=<dir> the writer creates <dir>/paused-<pid> and waits for
-# <dir>/resume (at most 120 s). Unset, this costs one environment lookup per part.
-PAUSE_ENV = "SCAV_TEST_PAUSE_IN_PART"
-
-
-def _pause_for_tests() -> None:
-    where = os.environ.get(PAUSE_ENV)
-    if not where:
-        return
-    d = Path(where)
-    (d / f"paused-{os.getpid()}").touch()
-    deadline = time.monotonic() + 120
-    while not (d / "resume").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)  # the rename itself survives a power cut
 
 
 def new_meta(video, audio, layout=None, audio_sample_rate: int = 16000) -> CacheMeta:

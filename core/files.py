@@ -98,3 +98,15 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int = 2) ->
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

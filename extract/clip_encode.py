@@ -1,9 +1,12 @@
-"""The mapper: one clip's decode events -> frozen encoders -> a ClipRecord, or a Failure row.
+"""The mapper: one clip's decode events -> frozen encoders -> rows of the part being written, or a Failure row.
 
 Video chunks are encoded as they arrive (CLIP and ``pixels`` are per frame:
 chunking changes nothing); each audio track's pieces go to the audio encoder
-through ``encode_chunks``. What a clip holds at once: one chunk of frames at
-the encoder's input size, its features so far, and the audio encoder's window.
+through ``encode_chunks``. Features go to the part as they come
+(``core.part_builder``), so what a clip holds at once is one chunk of frames at
+the encoder's input size, the audio encoder's window and at most a write unit
+of rows per array: nothing that grows with the clip's duration but its frame
+times (8 bytes a frame).
 
 Failure precedence is the one of decoding the whole clip first: a decode
 failure anywhere in the clip wins over an encoder error (the rest of the
@@ -19,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.cache import ClipRecord, new_meta
-from ..core.schema import AudioTrack, CacheLayout, CacheMeta, ClipInfo, Failure
+from ..core.cache import new_meta
+from ..core.part_builder import ClipRows
+from ..core.schema import AUDIO, VIDEO, AudioTrack, CacheLayout, CacheMeta, ClipInfo, Failure
 from ..data_manifests.manifest import ManifestRow
 from .config import EncoderSpec
 
@@ -100,21 +104,20 @@ def _pieces(events: Iterator[object]) -> Iterator[np.ndarray]:
             raise _Failed(ev)
 
 
-def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_enc,
-                  split: str | None = None) -> tuple[ClipRecord | Failure, bool]:
-    """(ClipRecord or Failure, whether the clip's end was clipped to the file) for one clip's events.
+def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_enc, rows: ClipRows,
+                  split: str | None = None) -> tuple[ClipInfo | Failure, bool]:
+    """Encode one clip's events into ``rows`` as they come; (its ClipInfo or a Failure, whether the clip's end
+    was clipped to the file). The caller ends ``rows`` with the info, or aborts it on a Failure.
 
     Reads ``events`` to their end whatever happens (the next clip's follow).
     """
     from .decode import TrackStart, VideoChunk, VideoEnd
-    from .encoders.base import audio_steps, encode_chunks
+    from .encoders.base import encode_chunks
 
     prepped = getattr(video_enc, "frame_prep", None) is not None and callable(getattr(video_enc, "encode_prepped", None))
     it = iter(events)
-    video: list[np.ndarray] = []
-    times: list[np.ndarray] = []
     head = None
-    tracks: list[tuple[TrackStart, list[np.ndarray]]] = []
+    tracks: list[TrackStart] = []
     error: BaseException | None = None
     for ev in it:
         if isinstance(ev, Failure):
@@ -126,23 +129,27 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
                 feats = np.asarray(video_enc.encode_prepped(ev.frames) if prepped else video_enc.encode(ev.frames))
                 if feats.ndim != 2 or len(feats) != len(ev.frames):
                     raise ValueError(f"video encoder returned shape {feats.shape} for {len(ev.frames)} frames")
-                video.append(feats)
-                times.append(ev.times)
+                rows.video(feats, ev.times)
             elif isinstance(ev, VideoEnd):
                 head = ev
             elif isinstance(ev, TrackStart):
+                j = len(tracks)
                 pieces = _pieces(it)
                 try:
-                    feats = _gather(encode_chunks(audio_enc, pieces), audio_steps(ev.n_samples))
+                    for block in encode_chunks(audio_enc, pieces):
+                        block = np.asarray(block)
+                        if block.ndim != 2:
+                            raise ValueError(f"audio encoder returned shape {block.shape}")
+                        rows.audio(j, block)
                 finally:
                     for _ in pieces:  # what the encoder left of this track
                         pass
-                if feats is None:  # too short for one step: the same error as encode() on the whole track
+                if rows.rows(AUDIO, j) == 0:  # too short for one step: the same error as encode() on the whole track
                     from .encoders.base import _check_audio
 
                     _check_audio(np.zeros(ev.n_samples, np.float32))
                     raise ValueError("audio encoder returned no steps")
-                tracks.append((ev, feats))
+                tracks.append(ev)
         except _Failed as f:
             return f.failure, False
         except Exception as e:
@@ -151,46 +158,17 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
         log.debug("encode failed for %s: %s", row.clip_id, error)
         return Failure(row.clip_id, _stage_of(error, "encode"), _reason_of(error), row.path), False
     try:
-        return _record(row, head, video, times, tracks, split or row.split)
+        return _info(row, head, rows, tracks, split or row.split)
     except Exception as e:
         return Failure(row.clip_id, _stage_of(e, "encode"), _reason_of(e), row.path), False
 
 
-def _gather(blocks: Iterable[np.ndarray], expected: int) -> np.ndarray | None:
-    """The (S, D) concatenation of ``blocks``, written into one array of ``expected`` rows as they come
-    (one copy of an hour's features, not two); a list and a concatenation if the count differs."""
-    out, n, rest = None, 0, []
-    for b in blocks:
-        b = np.asarray(b)
-        if b.ndim != 2:
-            raise ValueError(f"audio encoder returned shape {b.shape}")
-        if out is None and not rest and expected > 0:
-            out = np.empty((expected, b.shape[1]), b.dtype)
-        if out is not None and n + len(b) <= expected and b.shape[1:] == out.shape[1:] and b.dtype == out.dtype:
-            out[n : n + len(b)] = b
-            n += len(b)
-            continue
-        if out is not None:  # not the expected count: keep what was written, then the rest as they are
-            rest.append(out[:n])
-            out = None
-        rest.append(b)
-    if out is not None and n == expected:
-        return out
-    if out is not None:
-        rest.insert(0, out[:n])
-    rest = [r for r in rest if len(r)] or rest
-    return np.concatenate(rest) if len(rest) > 1 else (rest[0] if rest and len(rest[0]) else None)
-
-
-def _record(row: ManifestRow, head, video, times, tracks, split: str) -> tuple[ClipRecord, bool]:
-    if head is None or not video:
+def _info(row: ManifestRow, head, rows: ClipRows, tracks, split: str) -> tuple[ClipInfo, bool]:
+    n_video = rows.rows(VIDEO)
+    if head is None or not n_video:
         raise ValueError("the decoder gave no video")
     if not tracks:
         raise ValueError("the decoder gave no audio track")
-    first, feats0 = tracks[0]
-    if len(feats0) == 0:
-        raise ValueError(f"audio too short for one step ({first.n_samples} samples at 16 kHz)")
-    video_feats = np.concatenate(video) if len(video) > 1 else video[0]
     clipped = row.end is not None and head.end < float(row.end) - _END_EPS
     info = ClipInfo(
         clip_id=row.clip_id,
@@ -202,8 +180,8 @@ def _record(row: ManifestRow, head, video, times, tracks, split: str) -> tuple[C
         end=float(head.end) if clipped else row.end,  # a window past the file's end: the end decoded
         fps=float(head.fps),
         duration=float(head.duration),
-        n_video=len(video_feats),
-        tracks=[AudioTrack(index=int(t.index), language=t.language, n_steps=len(f), original=bool(t.original))
-                for t, f in tracks],
+        n_video=n_video,
+        tracks=[AudioTrack(index=int(t.index), language=t.language, n_steps=rows.rows(AUDIO, j),
+                           original=bool(t.original)) for j, t in enumerate(tracks)],
     )
-    return ClipRecord(info, video_feats, np.concatenate(times), [f for _, f in tracks]), clipped
+    return info, clipped

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.cache import CacheWriter, ClipRecord, new_meta
+from ..core.cache import CacheWriter, new_meta
 from ..core.device import resolve_device
 from ..core.schema import CacheMeta, Failure, require_same_encoders
 from ..data_manifests.manifest import ManifestRow
@@ -40,32 +40,38 @@ class ShardResult:
 
 def write_clips(source: Iterable[tuple[ManifestRow, Iterable[object]]], writer: CacheWriter, video_enc, audio_enc,
                 part_clips: int, on_clip: Callable[[], None] | None = None) -> ShardResult:
-    """Encode every clip ``source`` streams, in order, committing a part every ``part_clips`` clips."""
+    """Encode every clip ``source`` streams, in order, into parts of ``part_clips`` clips (failure rows count)."""
     result = ShardResult()
-    records: list[ClipRecord] = []
+    part = writer.open_part()
     failures: list[Failure] = []
 
     def commit() -> None:
-        if records or failures:
-            writer.write_part(records, failures)
+        nonlocal part
+        if len(part) or failures:
+            part.commit(failures)
             result.parts += 1
-            result.extracted += len(records)
+            result.extracted += len(part)
             result.failures.extend(failures)
-            records.clear()
             failures.clear()
+        part = writer.open_part()
 
-    for row, events in source:
-        out, clipped = encode_events(row, events, video_enc, audio_enc)
-        if isinstance(out, Failure):
-            failures.append(out)
-        else:
-            records.append(out)
-            result.clipped += int(clipped)
-        if len(records) + len(failures) >= part_clips:
-            commit()
-        if on_clip is not None:
-            on_clip()
-    commit()
+    try:
+        for row, events in source:
+            rows = part.clip()
+            out, clipped = encode_events(row, events, video_enc, audio_enc, rows)
+            if isinstance(out, Failure):
+                rows.abort()
+                failures.append(out)
+            else:
+                rows.end(out)
+                result.clipped += int(clipped)
+            if len(part) + len(failures) >= part_clips:
+                commit()
+            if on_clip is not None:
+                on_clip()
+        commit()
+    finally:
+        part.discard()  # what was staged and not committed (an exception): the clips are not done
     return result
 
 

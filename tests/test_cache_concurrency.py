@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scav.core.cache import PAUSE_ENV, CacheWriter, ClipRecord, FeatureCache, new_meta
+from scav.core.cache import CacheWriter, ClipRecord, FeatureCache, new_meta
+from scav.core.part_builder import PAUSE_ENV
 from scav.core.schema import AudioTrack, CacheError, ClipInfo, EncoderInfo
 from scav.data_manifests.manifest import ManifestRow, write_manifest
 

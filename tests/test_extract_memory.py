@@ -41,16 +41,3 @@ def test_ten_minutes_cost_what_one_minute_costs(tmp_path):
     one = _peak(write_file(tmp_path / "one.mkv", 1280, 720, fps=1, seconds=60), tmp_path / "one.zarr")
     ten = _peak(write_file(tmp_path / "ten.mkv", 1280, 720, fps=1, seconds=600), tmp_path / "ten.zarr")
     assert ten < 3.0 and ten <= 1.15 * one, (one, ten)
-
-
-def test_audio_blocks_are_gathered_into_one_array_whatever_the_count():
-    """clip_encode._gather writes an encoder's blocks into one array; any count gives the concatenation."""
-    import numpy as np
-
-    from scav.extract.clip_encode import _gather
-
-    rng = np.random.default_rng(0)
-    blocks = [rng.standard_normal((k, 4)).astype(np.float32) for k in (3, 0, 5, 2)]
-    for expected in (10, 9, 11, 0, 3):  # exact, fewer, more than announced
-        np.testing.assert_array_equal(_gather(iter(blocks), expected), np.concatenate(blocks))
-    assert _gather(iter([]), 5) is None
