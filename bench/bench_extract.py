@@ -8,7 +8,11 @@ For each encoder pair, on the same generated files (25 fps, stereo 44.1 kHz):
 
 - decode only: the decode pool on all cores, streams consumed and dropped:
   raw frames, and with the encoder's per-frame preprocessing in the workers
-  (``decode+prep``, what extraction runs);
+  (``decode+prep``, what extraction runs); its steady state, timed from the
+  pool's first event (the workers' spawn and imports are left out);
+- for the stand-ins, in this process on one thread: ms per frame to decode to
+  rgb24, for the pixels prep and the old torch area resize, fbank's ms per
+  clip, and (prep + fbank) / decode (the issue-22 goal is <= 0.5);
 - encoders only: clips decoded and preprocessed beforehand, then
   ``encode_prepped`` on chunks of ``--frame-batch`` frames (frames/s) and
   ``encode_chunks`` on 10 s pieces (clips/s), timed apart; their combined rate
@@ -122,18 +126,75 @@ def specs_for(models: list[str], folder: Path, frame_batch: int):
     return out
 
 
-def decode_only(rows, root: Path, workers: int, prep=None, frame_batch: int = 1024) -> tuple[float, int]:
-    """Seconds and frames for the decode pool to stream every clip (with ``prep``: frames preprocessed
-    for that encoder in the workers, as in extraction), events consumed and dropped."""
+def decode_only(rows, root: Path, workers: int, prep=None, chunk_frames: int = 32) -> tuple[float, int, float]:
+    """The decode pool's steady state streaming every clip (with ``prep``: frames preprocessed for that
+    encoder in the workers, as in extraction), events consumed and dropped: (frames/s, frames, start-up s).
+
+    Timed from the first event to the last, so the workers' spawn and imports (start-up: the seconds to the
+    first event) are left out; the first event's frames, decoded before, are not counted. Chunks of
+    ``chunk_frames`` frames make that first event come early: other workers may be up to one such chunk
+    ahead when timing starts (with 2 workers and 32-frame chunks, under 1 % of a 16 x 250-frame run)."""
     from scav.extract.decode import VideoChunk
     from scav.extract.decode_pool import ProcessStreams, StreamSpec
 
-    t0 = time.perf_counter()
-    frames = 0
-    with ProcessStreams(rows, root, StreamSpec(prep=prep, chunk_frames=frame_batch), workers) as src:
+    start = time.perf_counter()
+    t0 = None
+    counted = total = 0
+    with ProcessStreams(rows, root, StreamSpec(prep=prep, chunk_frames=chunk_frames), workers) as src:
         for _, events in src:
-            frames += sum(len(e.frames) for e in events if isinstance(e, VideoChunk))
-    return time.perf_counter() - t0, frames
+            for e in events:
+                n = len(e.frames) if isinstance(e, VideoChunk) else 0
+                total += n
+                if t0 is None:
+                    t0 = time.perf_counter()
+                else:
+                    counted += n
+        t1 = time.perf_counter()
+    return counted / (t1 - t0), total, t0 - start
+
+
+def per_frame_costs(path: Path, venc, aenc, repeats: int = 3) -> dict:
+    """In this process, one thread, one clip: ms per frame to decode to rgb24 (PyAV, one codec thread),
+    for ``venc``'s frame prep, and for the old torch area resize (``PixelsEncoder.encode`` on one frame);
+    the audio encoder's ms per clip (10 s pieces, as extraction); best of ``repeats`` each."""
+    import av
+    import torch
+    from scav.extract.decode import decode_clip
+    from scav.extract.encoders.base import encode_chunks
+
+    def best(fn) -> float:
+        fn()  # warm-up: numba compile or cache load, torch kernels
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def decode():
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            return [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        frames = decode()
+        n = len(frames)
+        prep = venc.frame_prep()
+        samples = decode_clip(path).audio[0].samples
+        out = {"frames_per_clip": n, "frame_hw": list(frames[0].shape[:2]),
+               "decode_rgb24_ms_per_frame": best(decode) * 1e3 / n,
+               "prep_ms_per_frame": best(lambda: [prep(f) for f in frames]) * 1e3 / n,
+               "torch_area_ms_per_frame": best(lambda: [venc.encode(f[None]) for f in frames]) * 1e3 / n,
+               "audio_ms_per_clip": best(lambda: list(encode_chunks(
+                   aenc, (samples[i : i + 160000] for i in range(0, len(samples), 160000))))) * 1e3}
+    finally:
+        torch.set_num_threads(threads)
+    out["stand_ins_over_decode"] = (out["prep_ms_per_frame"] + out["audio_ms_per_clip"] / n) / \
+        out["decode_rgb24_ms_per_frame"]
+    return out
 
 
 def encoders_only(spec, device: str, clips: list, frame_batch: int) -> dict:
@@ -230,22 +291,24 @@ def main() -> None:
               f"{workers} decode workers, frame batch {args.frame_batch}", flush=True)
         rows = load_manifest(manifest)
         decode_only(rows[: min(4, len(rows))], folder, cores)  # warm-up: page cache, imports
-        raw_s, frames = decode_only(rows, folder, cores)
-        raw_rate = args.clips / raw_s
-        print(f"decode only (raw frames), {cores} workers (all cores): {raw_rate:.2f} clips/s, "
-              f"{frames / raw_s:.0f} frames/s", flush=True)
+        raw_fps, frames, startup = decode_only(rows, folder, cores)
+        raw_rate = raw_fps * args.clips / frames
+        print(f"decode only (raw frames), {cores} workers (all cores), steady state (timed from the pool's first "
+              f"event: spawn + imports, {startup:.2f} s here, left out): {raw_rate:.2f} clips/s, {raw_fps:.0f} "
+              f"frames/s", flush=True)
         header = (f"{'encoders':28s} {'decode+prep':>11s} {'encode':>8s} {'ideal':>7s} {'e2e':>7s} {'e2e/ideal':>9s} "
                   f"{'ref e2e':>7s} {'CLIP fr/s':>10s} {'audio cl/s':>10s} {'enc/dec':>8s}")
-        print("clips/s; decode+prep: the decode pool as extraction runs it (frames preprocessed in the workers); "
-              "ideal = 1 / (1/decode+prep + 1/encode) (both use all cores)")
+        print("clips/s; decode+prep: the decode pool as extraction runs it (frames preprocessed in the workers), "
+              "steady state as above; ideal = 1 / (1/decode+prep + 1/encode) (both use all cores)")
         print(header)
         for name, spec in specs_for([m.strip() for m in args.models.split(",")], folder, args.frame_batch):
             from scav.extract.runner import build_encoders
 
-            venc, _ = build_encoders(spec, device)
+            venc, aenc = build_encoders(spec, device)
             prep = venc.frame_prep()
-            dec_s, _ = decode_only(rows, folder, cores, prep, args.frame_batch)
-            dec_rate = args.clips / dec_s
+            dec_fps, dec_frames, dec_startup = decode_only(rows, folder, cores, prep)
+            dec_rate = dec_fps * args.clips / dec_frames
+            one = per_frame_costs(folder / rows[0].path, venc, aenc) if venc.info.name == "pixels" else None
             pre = [decode_clip(folder / r.path, prep=prep) for r in rows[: min(args.encode_clips, len(rows))]]
             enc = encoders_only(spec, device, pre, args.frame_batch)
             e2e = args.clips / end_to_end(folder, manifest, spec, device, workers, args.frame_batch)
@@ -258,10 +321,18 @@ def main() -> None:
                             "decode_only_clips_per_s": raw_rate, "decode_prep_clips_per_s": dec_rate,
                             **{f"encoders_{k}": v for k, v in enc.items()}, "ideal_clips_per_s": ideal,
                             "ratio_e2e_over_ideal": e2e / ideal, "ratio_e2e_over_min": e2e / min(dec_rate, enc["clips_per_s"]),
-                            "encoder_cost_over_decode": cost})
+                            "encoder_cost_over_decode": cost, "decode_prep_startup_s": dec_startup,
+                            "in_process_one_thread": one})
             print(f"{name:28s} {dec_rate:11.2f} {enc['clips_per_s']:8.2f} {ideal:7.2f} {e2e:7.2f} {e2e / ideal:9.2f} "
                   f"{ref if ref is not None else float('nan'):7.2f} {enc['video_frames_per_s']:10.0f} "
                   f"{enc['audio_clips_per_s']:10.1f} {cost:8.2f}", flush=True)
+            if one:
+                h, w = one["frame_hw"]
+                print(f"  in-process, 1 thread, {one['frames_per_clip']} frames of {w}x{h}: decode+rgb24 "
+                      f"{one['decode_rgb24_ms_per_frame']:.3f} ms/frame; pixels prep (numba) "
+                      f"{one['prep_ms_per_frame']:.3f} ms/frame (old torch area {one['torch_area_ms_per_frame']:.3f}); "
+                      f"fbank {one['audio_ms_per_clip']:.1f} ms/clip; (prep + fbank) / decode = "
+                      f"{one['stand_ins_over_decode']:.2f} (issue-22 goal <= 0.5)", flush=True)
     print("e2e: decode pool + encoders + cache write; ref e2e: the same with --decode-workers 0 (threads "
           "in-process); enc/dec: the encoders' cost (preprocessing in the workers + encoding) over raw decoding")
     if args.json_path:

@@ -4,8 +4,9 @@ A ``FramePrep`` is a small picklable object (sent to decode workers) that turns
 one decoded frame into what its encoder needs, before any frame is stacked:
 
 - :class:`PixelsPrep` (``pixels``): area-resize to 16x16 RGB in [0, 1], float32
-  (16, 16, 3) -- the same torch ops as ``PixelsEncoder.encode`` applied to one
-  frame, so features are bit-identical (tests/test_frame_prep.py);
+  (16, 16, 3) -- a numba kernel (``area_pool.py``) doing, cell by cell, the
+  float32 operations of ``PixelsEncoder.encode``'s torch resize, so features are
+  bit-identical (tests/test_frame_prep.py), without importing torch;
 - :class:`ClipCropPrep` (CLIP): shortest side to 224 and centre crop, uint8
   (224, 224, 3). ``backend="pil"`` is transformers' PIL resize (Pillow bicubic,
   no reducing gap) and numpy crop, so the processor then sees a 224x224 image,
@@ -42,7 +43,7 @@ _IN_WORKER = False  # set by decode workers: one torch thread each (the pool siz
 
 
 def in_worker() -> None:
-    """Called once in a decode worker: per-frame torch ops use one thread."""
+    """Called once in a decode worker: per-frame torch ops (``ClipCropPrep(backend="tensor")``) use one thread."""
     global _IN_WORKER
     _IN_WORKER = True
 
@@ -57,31 +58,10 @@ class PixelsPrep:
         return (self.side, self.side, 3)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        torch = _torch_one_thread()
-        import torch.nn.functional as F
+        # numba, not torch: a decode worker for pixels never imports torch (~500 MB)
+        from .area_pool import area_resize
 
-        H, W = rgb.shape[:2]
-        if H * W <= _BAND_PIXELS:
-            return self._pool(torch, F, rgb, (self.side, self.side))
-        # a large frame, one band of output rows at a time: torch's area pooling sums each output cell
-        # over exactly its window's rows and columns in order, so a band holding exactly those rows gives
-        # the same bits (tested), and only 1/16 of the frame is ever in float32
-        out = np.empty((self.side, self.side, 3), np.float32)
-        for oy in range(self.side):
-            r0, r1 = (oy * H) // self.side, -((-(oy + 1) * H) // self.side)
-            out[oy] = self._pool(torch, F, rgb[r0:r1], (1, self.side))[0]
-        return out
-
-    @staticmethod
-    def _pool(torch, F, rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        # (1, 3, h, w) made contiguous: torch's planar area kernel sums each cell in the same order as the
-        # channels-last one PixelsEncoder.encode uses (rows, then columns; tested bit-equal) and is faster
-        # with 3 channels; the in-place division is the same float32 operation as ``/ 255.0``
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()[None].float().div_(255.0)
-        return F.interpolate(t, size=size, mode="area").permute(0, 2, 3, 1)[0].numpy().astype(np.float32)
-
-
-_BAND_PIXELS = 1 << 21  # frames above ~2 Mpixel (1080p is 2.07) are pooled band by band
+        return area_resize(rgb, self.side)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from scav.extract.encoders import build_video_encoder
 from scav.extract.frame_prep import ClipCropPrep, PixelsPrep
 
 SIZES = [(1, 5), (24, 32), (90, 160), (333, 251), (240, 320), (1080, 1920), (1447, 2161), (2160, 3840)]
+# windows of uneven sizes, overlapping (a side under 16: a pixel feeds several cells), or single pixels
+UNEVEN = [(17, 900), (97, 203), (5, 7), (1, 1), (15, 16), (16, 15), (31, 17)]
 
 
 def noise(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -26,7 +28,7 @@ def _pixels_reference(frames: np.ndarray) -> np.ndarray:
     return t.permute(0, 2, 3, 1).reshape(len(frames), -1).numpy().astype(np.float32)
 
 
-@pytest.mark.parametrize("hw", SIZES)
+@pytest.mark.parametrize("hw", SIZES + UNEVEN)
 def test_pixels_per_frame_is_bit_identical(hw):
     frames = noise(3, *hw)
     from scav.extract.encoders import PixelsEncoder
@@ -36,6 +38,63 @@ def test_pixels_per_frame_is_bit_identical(hw):
     assert prepped.shape == (3, 16, 16, 3) and prepped.dtype == np.float32
     np.testing.assert_array_equal(enc.encode_prepped(prepped), _pixels_reference(frames))
     np.testing.assert_array_equal(enc.encode(frames), _pixels_reference(frames))
+
+
+def test_pixels_prep_of_a_strided_view_is_that_of_its_copy():
+    """A slice (non-contiguous strides, odd offsets) gives the bits of torch on the same pixels."""
+    big = noise(1, 200, 300)[0]
+    for view in (big[10:190:3, 7:290], big[:, ::-1], big[::-2, ::5]):
+        assert not view.flags.c_contiguous
+        np.testing.assert_array_equal(PixelsPrep()(view).reshape(1, -1), _pixels_reference(view[None]))
+
+
+def test_pixels_table_is_torchs_uint8_over_255():
+    import torch
+    from scav.extract.area_pool import _LUT
+
+    ref = (torch.arange(256, dtype=torch.uint8).float() / 255.0).numpy()
+    assert _LUT.dtype == np.float32 and np.array_equal(_LUT.view(np.uint32), ref.view(np.uint32))
+
+
+def test_pixels_prep_rejects_what_is_not_a_uint8_rgb_frame():
+    for bad in (np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8), np.zeros((0, 4, 3), np.uint8)):
+        with pytest.raises(ValueError):
+            PixelsPrep()(bad)
+
+
+def test_jit_falls_back_to_no_disk_cache():
+    """Where numba cannot cache (no writable folder), the kernel is compiled per process instead."""
+    from scav.extract.area_pool import jit
+
+    calls = []
+
+    def njit(**kw):
+        calls.append(kw["cache"])
+        if kw["cache"]:
+            raise RuntimeError("cannot cache function: no locator available")
+        return lambda fn: fn
+
+    assert jit(len, njit=njit) is len and calls == [True, False]
+
+
+def test_decode_workers_with_pixels_do_not_import_torch():
+    """What a decode worker imports for ``pixels`` (pool, decoder, frame prep) and runs: no torch (~500 MB)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle, sys, numpy as np\n"
+        "import scav.extract.decode_pool, scav.extract.decode\n"
+        "from scav.extract import frame_prep\n"
+        "frame_prep.in_worker()\n"
+        "prep = pickle.loads(pickle.dumps(frame_prep.PixelsPrep()))\n"
+        "out = prep(np.full((90, 160, 3), 255, np.uint8))\n"
+        "assert out.shape == (16, 16, 3) and (out == 1).all()\n"
+        "print(sorted(m for m in ('torch', 'numba') if m in sys.modules))\n"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split("\n")[-2] == "['numba']", got.stdout
 
 
 @pytest.mark.parametrize("hw", SIZES)
