@@ -7,7 +7,8 @@
 Cases (each file is one manifest row, extracted with default settings:
 ``scav-extract``'s runner, decode pool on all cores): 10 s 1080p30, 10 s
 2160p60, 8000x8000 frames, 1 minute and 1 hour of 720p at 1 fps with 16 kHz
-audio, 3 hours of audio (two 16 kHz tracks) with a small 1 fps video. The media
+audio, 3 hours of audio (two 16 kHz tracks) with a small 1 fps video, and (case 7)
+10 minutes of the 720p file, the long case CLIP + BEATs can run in minutes on a CPU. The media
 is generated cheaply: flat moving colour (fast to encode, as fast to decode as
 real video is not, so the figures are about memory, not speed), libx264
 ultrafast or FFV1 for 8000x8000, PCM audio in Matroska.
@@ -90,6 +91,8 @@ def cases(quick: bool) -> list[tuple[str, dict]]:
         ("720p 1 fps x 1 min", dict(w=1280, h=720, fps=1, seconds=60)),
         ("720p 1 fps x 1 h", dict(w=1280, h=720, fps=1, seconds=3600)),
         ("audio x 3 h, 2 tracks", dict(w=160, h=96, fps=1, seconds=3 * 3600, tracks=2)),
+        # the duration step that CLIP + BEATs on CPU can afford (1 h of BEATs is ~350 windows of 10 s)
+        ("720p 1 fps x 10 min", dict(w=1280, h=720, fps=1, seconds=600)),
     ]
 
 
