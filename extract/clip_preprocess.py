@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .frame_prep import resized_size  # noqa: F401  (torch-free: decode workers use it)
+
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC / transformers PILImageResampling.BICUBIC
 KERNELS = ("uint8", "float")
 
@@ -83,16 +85,6 @@ class ClipPreprocessSpec:
             mean=tuple(float(m) for m in mean),
             std=tuple(float(s) for s in std),
         )
-
-
-def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
-    """(new_h, new_w): short side to ``shortest_edge``, long side ``int(shortest_edge * long / short)``.
-
-    Same arithmetic as transformers' ``get_resize_output_image_size(default_to_square=False)``.
-    """
-    if width <= height:
-        return int(shortest_edge * height / width), shortest_edge
-    return shortest_edge, int(shortest_edge * width / height)
 
 
 def default_kernel(device: torch.device | str) -> str:

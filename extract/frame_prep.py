@@ -64,6 +64,17 @@ class PixelsPrep:
         return area_resize(rgb, self.side)
 
 
+def resized_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """(new_h, new_w): short side to ``shortest_edge``, long side ``int(shortest_edge * long / short)``.
+
+    Same arithmetic as transformers' ``get_resize_output_image_size(default_to_square=False)``. Here, not in
+    ``clip_preprocess`` (which imports torch): a decode worker on the PIL path never imports torch (~500 MB).
+    """
+    if width <= height:
+        return int(shortest_edge * height / width), shortest_edge
+    return shortest_edge, int(shortest_edge * width / height)
+
+
 @dataclass(frozen=True)
 class ClipCropPrep:
     """(H, W, 3) uint8 -> (crop_h, crop_w, 3) uint8: CLIP's resize (shortest side) and centre crop."""
@@ -78,10 +89,6 @@ class ClipCropPrep:
         return (self.crop_height, self.crop_width, 3)
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
-        from .clip_preprocess import (
-            resized_size,  # transformers' get_resize_output_image_size arithmetic
-        )
-
         return resized_size(height, width, self.shortest_edge)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
