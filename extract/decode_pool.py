@@ -14,11 +14,14 @@ the consumer reads row ``i`` from producer ``i % n``, so clips arrive in
 manifest order and parts, failure rows and resumes are the same whichever decodes.
 
 Memory bound (by design, independent of resolution and duration): a producer
-puts at most ``credits`` events in flight before the consumer has taken them,
-and an event holds at most ``chunk_frames`` preprocessed frames (and at most
-``chunk_bytes``) or ``audio_piece`` samples. So at most ``workers x credits``
-chunks wait, plus one full-resolution frame and one chunk being filled per
-producer. Events cross processes pickled through a pipe: with frames already
+has at most ``credits`` credits in flight before the consumer has taken its
+events; an event takes one credit per ``credit_bytes`` (8 MB) of frames, at
+least one and at most all, and holds at most ``chunk_frames`` preprocessed
+frames (and at most ``chunk_bytes``, 32 MB) or ``audio_piece`` samples. So per
+producer at most ``credits`` x 8 MB wait (or one chunk, if larger), plus one
+full-resolution frame and one chunk being filled: a 192-frame CLIP chunk
+(29 MB) waits alone, a clip of ``pixels`` chunks flows with ``credits`` events
+ahead. Events cross processes pickled through a pipe: with frames already
 at the encoder's size this costs little, and nothing is left behind in
 /dev/shm by a ``kill -9``.
 
@@ -37,6 +40,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..core.schema import Failure
 from ..data_manifests.manifest import ManifestRow
@@ -68,6 +73,7 @@ class StreamSpec:
     chunk_bytes: int = 32 << 20  # most bytes per VideoChunk (full-size frames: fewer frames)
     chunk_multiple: int = 1  # chunks of a multiple of this many frames (the encoder's batch)
     audio_piece: int = 160000  # samples per AudioPiece (10 s at 16 kHz)
+    credit_bytes: int = 8 << 20  # a waiting event takes one credit per this many bytes of frames (>= 1, <= all)
     threads: int | None = None  # FFmpeg threads per clip (None: FFmpeg's default)
 
 
@@ -117,18 +123,26 @@ def _produce(rows: Sequence[ManifestRow], media_root: str, spec: StreamSpec, put
             return
 
 
-def _bounded_put(q, credits, stopped):
+def _weight(item, credits: int, credit_bytes: int) -> int:
+    """Credits ``item`` holds while it waits: a 29 MB chunk of 192 CLIP frames takes 4, a stand-in's 1."""
+    frames = getattr(item, "frames", None)
+    nbytes = frames.nbytes if isinstance(frames, np.ndarray) else 0
+    return max(1, min(int(credits), -(-nbytes // max(1, int(credit_bytes)))))
+
+
+def _bounded_put(q, credits, stopped, total: int, credit_bytes: int):
     def put(item) -> bool:
-        while not credits.acquire(timeout=0.5):
-            if stopped():
-                return False
+        for _ in range(_weight(item, total, credit_bytes)):  # at most ``total``: the consumer frees them in time
+            while not credits.acquire(timeout=0.5):
+                if stopped():
+                    return False
         q.put(item)
         return True
 
     return put
 
 
-def _process_main(rows, media_root: str, spec: StreamSpec, q, credits, parent_pid: int) -> None:
+def _process_main(rows, media_root: str, spec: StreamSpec, q, credits, total: int, parent_pid: int) -> None:
     """Entry point of one decode process."""
     from . import frame_prep
 
@@ -147,7 +161,7 @@ def _process_main(rows, media_root: str, spec: StreamSpec, q, credits, parent_pi
 
     threading.Thread(target=watch, daemon=True, name="scav-parent-watch").start()
     try:
-        _produce(rows, media_root, spec, _bounded_put(q, credits, orphaned), orphaned)
+        _produce(rows, media_root, spec, _bounded_put(q, credits, orphaned, total, spec.credit_bytes), orphaned)
     except BaseException as e:  # a bug, not a bad file: the consumer raises it
         import traceback
 
@@ -192,7 +206,8 @@ class ThreadStreams(_Streams):
         super().__init__(rows, workers)
         self._stop = threading.Event()
         self.queues = [queue.Queue() for _ in range(self.n)]
-        self.credits = [threading.Semaphore(max(1, credits)) for _ in range(self.n)]
+        self.total, self.credit_bytes = max(1, credits), spec.credit_bytes
+        self.credits = [threading.Semaphore(self.total) for _ in range(self.n)]
         self.threads = [
             threading.Thread(target=self._run, args=(k, str(media_root), spec), daemon=True, name=f"scav-decode-{k}")
             for k in range(self.n)
@@ -203,13 +218,14 @@ class ThreadStreams(_Streams):
     def _run(self, k: int, media_root: str, spec: StreamSpec) -> None:
         try:
             _produce(self.rows[k :: self.n], media_root, spec,
-                     _bounded_put(self.queues[k], self.credits[k], self._stop.is_set), self._stop.is_set)
+                     _bounded_put(self.queues[k], self.credits[k], self._stop.is_set, self.total, spec.credit_bytes),
+                     self._stop.is_set)
         except BaseException as e:
             self.queues[k].put(("crash", f"{type(e).__name__}: {e}"))
 
     def _get(self, k: int):
         ev = self.queues[k].get()
-        self.credits[k].release()
+        self.credits[k].release(_weight(ev, self.total, self.credit_bytes))
         return ev
 
     def __exit__(self, *exc) -> None:
@@ -232,11 +248,12 @@ class ProcessStreams(_Streams):
 
             spec = replace(spec, threads=max(1, available_cores() // self.n))
         self.queues = [ctx.Queue() for _ in range(self.n)]
-        self.credits = [ctx.Semaphore(max(1, credits)) for _ in range(self.n)]
+        self.total, self.credit_bytes = max(1, credits), spec.credit_bytes
+        self.credits = [ctx.Semaphore(self.total) for _ in range(self.n)]
         self.procs = [
             ctx.Process(target=_process_main, name=f"scav-decode-{k}", daemon=True,
                         args=(self.rows[k :: self.n], str(media_root), spec, self.queues[k], self.credits[k],
-                              os.getpid()))
+                              self.total, os.getpid()))
             for k in range(self.n)
         ]
         for p in self.procs:
@@ -250,7 +267,8 @@ class ProcessStreams(_Streams):
             except queue.Empty:
                 if not self.procs[k].is_alive():
                     raise RuntimeError(f"decode worker {k} died (exit code {self.procs[k].exitcode})") from None
-        self.credits[k].release()
+        for _ in range(_weight(ev, self.total, self.credit_bytes)):  # multiprocessing's release takes no count
+            self.credits[k].release()
         return ev
 
     def __exit__(self, *exc) -> None:

@@ -109,15 +109,37 @@ def test_streams_come_in_row_order_and_hold_at_most_the_credits(mixed):  # noqa:
     assert seen == [r.clip_id for r in rows]
 
 
+def test_large_chunks_take_more_credits(mixed):  # noqa: F811
+    """A chunk takes a credit per ``credit_bytes``: with chunks of 3+ units and 3 credits, one chunk waits at
+    a time, whatever the count of events (what bounds CLIP's 29 MB chunks, not only the stand-ins' small ones)."""
+    from scav.extract.decode import VideoChunk
+
+    folder, manifest = mixed
+    rows = load_manifest(manifest)
+    spec = decode_pool.StreamSpec(chunk_frames=4, credit_bytes=1000)  # raw frames: every 4-frame chunk > 3 KB
+    waiting_chunks = []
+    with decode_pool.ThreadStreams(rows, folder, spec, workers=2, credits=3) as src:
+        for _, events in src:
+            for ev in events:
+                for q in src.queues:
+                    held = list(q.queue)
+                    assert sum(decode_pool._weight(e, 3, 1000) for e in held) <= 3
+                    waiting_chunks.append(sum(isinstance(e, VideoChunk) for e in held))
+    assert max(waiting_chunks) == 1  # small events still flow 3 at a time; chunks one by one
+    assert decode_pool._weight(VideoChunk(np.zeros((192, 224, 224, 3), np.uint8), np.zeros(192)), 4, 8 << 20) == 4
+    assert decode_pool._weight(VideoChunk(np.zeros((250, 16, 16, 3), np.float32), np.zeros(250)), 4, 8 << 20) == 1
+
+
 @pytest.mark.parametrize("kind", ["threads", "processes"])
-def test_streamed_clip_is_the_decoded_clip(mixed, kind):  # noqa: F811
+@pytest.mark.parametrize("credit_bytes", [8 << 20, 1], ids=["one-credit-events", "chunks-take-all-credits"])
+def test_streamed_clip_is_the_decoded_clip(mixed, kind, credit_bytes):  # noqa: F811
     from scav.extract.decode import AudioPiece, VideoChunk, VideoEnd, decode_clip
 
     folder, manifest = mixed
     rows = [r for r in load_manifest(manifest) if r.clip_id in ("b25", "e_long_win", "f_two_tracks")]
-    spec = decode_pool.StreamSpec(chunk_frames=7, audio_piece=1000)
+    spec = decode_pool.StreamSpec(chunk_frames=7, audio_piece=1000, credit_bytes=credit_bytes)
     cls = decode_pool.ThreadStreams if kind == "threads" else decode_pool.ProcessStreams
-    with cls(rows, folder, spec, workers=2, credits=1) as src:
+    with cls(rows, folder, spec, workers=2, credits=2) as src:
         for row, events in src:
             evs = list(events)
             ref = decode_clip(row.resolve(folder), row.start, row.end)
