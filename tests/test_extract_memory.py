@@ -29,10 +29,11 @@ def test_a_1440p_clip_is_not_held_at_full_resolution(tmp_path):
 
     Before issue 22 the clip was stacked at full resolution and turned into float32
     twice: 2.25 GiB peak measured for 30 frames of 1080p (the same setting); now each
-    frame is resized as it is decoded, and the peak is the process's fixed cost (0.81 GiB
-    measured: torch, the encoders, numba, one full-resolution frame)."""
+    frame is resized as it is decoded, and the peak is the process's fixed cost: 0.80 and
+    1.09 GiB measured for the same code and packages in two virtual environments, whose
+    file-backed library pages differed (RssFile 333 vs 588 MB; anonymous memory 400 MB in both)."""
     path = write_file(tmp_path / "big.mkv", 2560, 1440, fps=10, seconds=2)
-    assert _peak(path, tmp_path / "f.zarr", decode_workers=0) < 1.0
+    assert _peak(path, tmp_path / "f.zarr", decode_workers=0) < 1.5
 
 
 @pytest.mark.slow
