@@ -57,8 +57,8 @@ from .schema import (
     ClipInfo,
     Failure,
     TrackSelector,
-    audio_track_name,
     require_same_encoders,
+    array_name,
 )
 from .writer_lock import HOLDER_FILE, LOCK_FILE, CacheLock, Staging, remove_abandoned_staging
 
@@ -153,7 +153,7 @@ class Part:
         return self.path.name
 
     def array_name(self, modality: str, track: int = 0) -> str:
-        return VIDEO if modality == VIDEO else f"{AUDIO}/{audio_track_name(track)}"
+        return array_name(modality, track)
 
     def has(self, array: str) -> bool:
         return (self.path / array / "zarr.json").is_file()

@@ -46,7 +46,7 @@ from .schema import (
     CacheLayout,
     ClipInfo,
     Failure,
-    audio_track_name,
+    array_name,
 )
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,11 @@ class ClipRows:
         self._part._stream(VIDEO, True).append(rows, times, self._part._group)
 
     def audio(self, track: int, rows: np.ndarray) -> None:
-        self._part._stream(f"{AUDIO}/{audio_track_name(track)}", False).append(rows, None, self._part._group)
+        self._part._stream(array_name(AUDIO, track), False).append(rows, None, self._part._group)
 
     def rows(self, modality: str, track: int = 0) -> int:
         """Rows appended to ``modality`` (``video`` / ``audio``) for this clip so far."""
-        name = VIDEO if modality == VIDEO else f"{AUDIO}/{audio_track_name(track)}"
-        s = self._part._streams.get(name)
+        s = self._part._streams.get(array_name(modality, track))
         return 0 if s is None else s.rows - s.clip_start
 
     def end(self, info: ClipInfo) -> None:
@@ -257,10 +256,8 @@ class PartBuilder:
             self.discard()  # only aborted clips reached disk: a part of failure rows has no arrays
         group = self._group()
         if self._clips:
-            order = sorted(self._streams, key=lambda n: (n != VIDEO, len(n), n))  # video, then t0, t1, ..., t10
-            for name in order:
-                if name in self._streams:
-                    self._streams[name].commit(group)
+            for stream in self._streams.values():
+                stream.commit(group)
         group.attrs.update({"clips": [c.to_dict() for c in self._clips], "failures": [f.to_dict() for f in failures]})
         _pause_for_tests()
         final = self.cache_path / PARTS_GROUP / self.name

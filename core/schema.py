@@ -344,3 +344,8 @@ def describe_tracks(tracks: list[AudioTrack]) -> str:
 
 def audio_track_name(index: int) -> str:
     return f"t{index}"
+
+
+def array_name(modality: str, track: int = 0) -> str:
+    """A part's array folder for ``modality`` (``video``, or ``audio`` track ``track``): ``video``, ``audio/t1``."""
+    return VIDEO if modality == VIDEO else f"{AUDIO}/{audio_track_name(track)}"

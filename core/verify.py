@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import FeatureCache, Part, PartDamaged, _part_dirs, _read_root_meta
-from .schema import AUDIO, VIDEO, CacheError, audio_track_name
+from .schema import AUDIO, VIDEO, CacheError, array_name
 from .writer_lock import CacheLock
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def _arrays(part: Part) -> list[tuple[str, str, int]]:
     """(array folder, modality, track) of every feature array of the part."""
     out = [(VIDEO, VIDEO, 0)] if part.has(f"{VIDEO}/offsets") else []
     j = 0
-    while part.has(f"{AUDIO}/{audio_track_name(j)}/offsets"):
-        out.append((f"{AUDIO}/{audio_track_name(j)}", AUDIO, j))
+    while part.has(f"{array_name(AUDIO, j)}/offsets"):
+        out.append((array_name(AUDIO, j), AUDIO, j))
         j += 1
     return out
 

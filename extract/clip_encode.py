@@ -112,7 +112,7 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
     Reads ``events`` to their end whatever happens (the next clip's follow).
     """
     from .decode import TrackStart, VideoChunk, VideoEnd
-    from .encoders.base import encode_chunks
+    from .encoders.base import audio_steps, encode_chunks, too_short
 
     prepped = getattr(video_enc, "frame_prep", None) is not None and callable(getattr(video_enc, "encode_prepped", None))
     it = iter(events)
@@ -145,10 +145,8 @@ def encode_events(row: ManifestRow, events: Iterable[object], video_enc, audio_e
                     for _ in pieces:  # what the encoder left of this track
                         pass
                 if rows.rows(AUDIO, j) == 0:  # too short for one step: the same error as encode() on the whole track
-                    from .encoders.base import _check_audio
-
-                    _check_audio(np.zeros(ev.n_samples, np.float32))
-                    raise ValueError("audio encoder returned no steps")
+                    raise too_short(ev.n_samples) if audio_steps(ev.n_samples) == 0 else \
+                        ValueError("audio encoder returned no steps")
                 tracks.append(ev)
         except _Failed as f:
             return f.failure, False
